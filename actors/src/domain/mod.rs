@@ -1,0 +1,8 @@
+//! Domain types shared by the actors, the store port and the adapters.
+
+pub mod catalog;
+pub mod org_id;
+pub mod organization;
+pub mod records;
+pub mod tier;
+pub mod time;

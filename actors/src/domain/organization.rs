@@ -1,0 +1,105 @@
+//! `Organization`: a tenant, its tier and where its PostgreSQL lives.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{org_id::OrgId, tier::Tier, time::UnixMillis};
+
+/// Why an upstream address is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("must be host:port")]
+    MissingPort,
+    #[error("port must be a number from 1 to 65535")]
+    BadPort,
+    #[error("host must not be empty")]
+    EmptyHost,
+}
+
+/// The tenant's PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Self, UpstreamError> {
+        let (host, port) = s.rsplit_once(':').ok_or(UpstreamError::MissingPort)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(UpstreamError::EmptyHost);
+        }
+        let port: u16 = port.parse().map_err(|_| UpstreamError::BadPort)?;
+        if port == 0 {
+            return Err(UpstreamError::BadPort);
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for Upstream {
+    type Error = UpstreamError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Upstream> for String {
+    fn from(u: Upstream) -> Self {
+        u.to_string()
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A tier change that takes effect later (downgrades wait for a grace period).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTierChange {
+    pub to: Tier,
+    pub effective_at: UnixMillis,
+    pub reason: String,
+}
+
+/// A tenant as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Organization {
+    pub id: OrgId,
+    pub name: String,
+    pub tier: Tier,
+    pub upstream: Upstream,
+    pub stripe_customer_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub pending_tier_change: Option<PendingTierChange>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_round_trips() {
+        let u = Upstream::parse("127.0.0.1:5432").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 5432));
+        assert_eq!(u.to_string(), "127.0.0.1:5432");
+        assert_eq!(Upstream::parse("[::1]:5432").unwrap().to_string(), "[::1]:5432");
+        assert_eq!(Upstream::parse("db"), Err(UpstreamError::MissingPort));
+        assert_eq!(Upstream::parse("db:0"), Err(UpstreamError::BadPort));
+        assert_eq!(Upstream::parse(":5432"), Err(UpstreamError::EmptyHost));
+    }
+}

@@ -1,0 +1,69 @@
+//! The store port: everything the platform keeps, behind one trait.
+//!
+//! MongoDB is the source of truth in production; an embedded file store serves
+//! when no MongoDB is configured. Both live in the binary's `adapters` module
+//! and pass one conformance suite (`tests/store_conformance.rs`).
+//!
+//! Every write that could be retried after a lost acknowledgement is keyed and
+//! reports [`Write::AlreadyApplied`] the second time instead of applying twice.
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    org_id::OrgId,
+    organization::Organization,
+    records::{
+        CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
+        UsageRecord, Write,
+    },
+};
+
+/// What can go wrong talking to a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("organization `{0}` already exists")]
+    Duplicate(OrgId),
+    #[error("organization `{0}` not found")]
+    NotFound(OrgId),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data could not be read: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap reachability check for `/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_org(&self, org: &Organization) -> Result<(), StoreError>;
+    async fn get_org(&self, id: &OrgId) -> Result<Option<Organization>, StoreError>;
+    async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError>;
+    /// Replaces an existing organization; `NotFound` if there is none.
+    async fn update_org(&self, org: &Organization) -> Result<(), StoreError>;
+
+    /// Adds usage once per `record.key`.
+    async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError>;
+    async fn usage_for_period(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
+
+    /// Marks a webhook event as processed; `AlreadyApplied` if it was.
+    async fn mark_event_processed(&self, event: &ProcessedEvent) -> Result<Write, StoreError>;
+
+    async fn record_invoice(&self, invoice: &InvoiceRecord) -> Result<Write, StoreError>;
+    async fn invoices_for_org(&self, org: &OrgId) -> Result<Vec<InvoiceRecord>, StoreError>;
+
+    /// One calibration per period; a second one for the same period is refused.
+    async fn record_calibration(&self, record: &CalibrationRecord) -> Result<Write, StoreError>;
+    async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError>;
+
+    async fn add_notification(&self, n: &Notification) -> Result<Write, StoreError>;
+    async fn notifications_for_org(&self, org: &OrgId) -> Result<Vec<Notification>, StoreError>;
+
+    async fn append_tier_change(&self, change: &TierChange) -> Result<(), StoreError>;
+    /// Oldest first.
+    async fn tier_history(&self, org: &OrgId) -> Result<Vec<TierChange>, StoreError>;
+}

@@ -1,0 +1,12 @@
+//! Tenants at run time: one [`ConnectionActor`] per organization, created on
+//! first use by the [`TenantRegistry`], owning that organization's tier and
+//! counters.
+
+pub mod connection_actor;
+pub mod registry;
+
+pub use connection_actor::{
+    Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release,
+    Snapshot, TenantSnapshot,
+};
+pub use registry::{RegistryError, TenantRegistry};

@@ -1,0 +1,85 @@
+//! `TenantRegistry`: finds or starts the [`ConnectionActor`] of an organization.
+//!
+//! The organization is read from the store once, when its actor starts; after
+//! that the actor's copy is the one in use and changes reach it as messages.
+
+use std::sync::Arc;
+
+use actix::{Addr, Supervisor};
+use dashmap::DashMap;
+
+use super::connection_actor::{ApplyOrganization, ConnectionActor};
+use crate::{
+    domain::{catalog::TierCatalog, org_id::OrgId, organization::Organization},
+    store::{Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Cheap to clone; all clones share one map.
+#[derive(Clone)]
+pub struct TenantRegistry {
+    actors: Arc<DashMap<OrgId, Addr<ConnectionActor>>>,
+    store: Arc<dyn Store>,
+    catalog: Arc<TierCatalog>,
+}
+
+impl TenantRegistry {
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<TierCatalog>) -> Self {
+        Self {
+            actors: Arc::new(DashMap::new()),
+            store,
+            catalog,
+        }
+    }
+
+    /// The organization's actor, started on first use; `None` for an unknown
+    /// organization. Must be called from inside an actix system.
+    pub async fn tenant(&self, id: &OrgId) -> Result<Option<Addr<ConnectionActor>>, RegistryError> {
+        if let Some(addr) = self.actors.get(id) {
+            if addr.connected() {
+                return Ok(Some(addr.clone()));
+            }
+        }
+        let Some(org) = self.store.get_org(id).await? else {
+            return Ok(None);
+        };
+        let catalog = self.catalog.clone();
+        // Two callers may race here; the entry API keeps exactly one actor.
+        let addr = self
+            .actors
+            .entry(id.clone())
+            .and_modify(|existing| {
+                if !existing.connected() {
+                    *existing = start(org.clone(), catalog.clone());
+                }
+            })
+            .or_insert_with(|| start(org, catalog))
+            .clone();
+        Ok(Some(addr))
+    }
+
+    /// Tells a running actor (if any) about a changed organization record.
+    pub fn organization_changed(&self, org: Organization) {
+        if let Some(addr) = self.actors.get(&org.id) {
+            addr.do_send(ApplyOrganization(org));
+        }
+    }
+
+    /// Number of tenant actors started.
+    pub fn len(&self) -> usize {
+        self.actors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
+    }
+}
+
+fn start(org: Organization, catalog: Arc<TierCatalog>) -> Addr<ConnectionActor> {
+    Supervisor::start(move |_| ConnectionActor::new(org, catalog))
+}

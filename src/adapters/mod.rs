@@ -1,0 +1,4 @@
+//! Adapters: the outside systems the platform talks to, behind the ports the
+//! actors crate defines.
+
+pub mod store;

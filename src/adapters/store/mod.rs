@@ -1,0 +1,1 @@
+//! Implementations of [`dynabase_actors::Store`].

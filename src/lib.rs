@@ -1,0 +1,6 @@
+//! The `dynabase` binary package: configuration, adapters (stores, Redis),
+//! the HTTP API and the composition that runs them around the actors of
+//! `dynabase_actors`.
+#![forbid(unsafe_code)]
+
+pub mod adapters;
