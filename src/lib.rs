@@ -4,3 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod app;
+pub mod cli;
+pub mod http;
+pub mod org_admin;
+pub mod org_cli;
+pub mod settings;

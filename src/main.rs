@@ -1,1 +1,161 @@
-fn main() {}
+//! The `dynabase` binary: parses the command line and configuration, then
+//! hands over to `app::run` (serve), `settings` (configcheck) or `org_cli`.
+#![forbid(unsafe_code)]
+
+use std::{net::TcpListener, process::ExitCode};
+
+use clap::Parser;
+use dynabase::{
+    app,
+    cli::{Cli, Command},
+    org_cli,
+    settings::{self, LoadOptions, Secret, Settings},
+};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve { dev: false });
+    let settings = match settings::load(&LoadOptions::from_process()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dynabase: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Configcheck => {
+            println!("configuration OK");
+            println!(
+                "  http {}:{}  proxy {}:{}  store {}  redis {}",
+                settings.http.host,
+                settings.http.port,
+                settings.proxy.host,
+                settings.proxy.port,
+                if settings.store.mongodb.is_some() { "mongodb" } else { "embedded" },
+                if settings.redis.is_some() { "configured" } else { "none" },
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Org { command } => {
+            init_tracing("warn");
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("dynabase: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(org_cli::run(&settings, command)) {
+                Ok(out) => {
+                    println!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dynabase: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve { dev } => serve(settings, dev),
+    }
+}
+
+fn init_tracing(default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(mut settings: Settings, dev: bool) -> ExitCode {
+    init_tracing(&settings.log_filter);
+    let dev = dev || settings.http.dev_mode;
+    let mut generated_token = false;
+    if dev && settings.http.admin_token.is_empty() {
+        match random_token() {
+            Ok(token) => {
+                settings.http.admin_token = Secret::new(token);
+                generated_token = true;
+            }
+            Err(e) => {
+                eprintln!("dynabase: cannot generate a development admin token: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    if let Err(e) = metrics::set_global_recorder(recorder) {
+        eprintln!("dynabase: cannot install metrics recorder: {e}");
+        return ExitCode::FAILURE;
+    }
+    let http = match TcpListener::bind((settings.http.host.as_str(), settings.http.port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "dynabase: cannot listen on {}:{}: {e}",
+                settings.http.host, settings.http.port
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    // These lines are the interface for people and scripts starting us.
+    println!("dynabase: HTTP API listening on http://{http_addr}");
+    match &settings.store.mongodb {
+        Some(_) => println!("dynabase: store: MongoDB"),
+        None => println!(
+            "dynabase: store: embedded, in {}",
+            settings.store.data_dir.display()
+        ),
+    }
+    if generated_token {
+        println!(
+            "dynabase: development mode; admin token for this run: {}",
+            settings.http.admin_token.expose()
+        );
+        println!(
+            "dynabase: create an organization: curl -X POST http://{http_addr}/admin/orgs -H 'Authorization: Bearer {}' -d '{{\"id\":\"acme\",\"name\":\"Acme\",\"tier\":\"free\",\"upstream\":\"127.0.0.1:5432\"}}'",
+            settings.http.admin_token.expose()
+        );
+    }
+
+    let system = actix::System::new();
+    let result = system.block_on(app::run(settings, http, metrics, shutdown_signal()));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dynabase: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Railway's stop signal) or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stopping only on Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn random_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use actix::{Addr, Supervisor};
 
 use crate::{
-    calibrator::Calibrator, domain::catalog::TierCatalog, rate_limiter::RateLimiter,
-    store::Store, tenant::TenantRegistry, usage_accumulator::UsageAccumulator,
-    webhook_handler::WebhookHandler,
+    calibrator::Calibrator, domain::catalog::TierCatalog, rate_limiter::RateLimiter, store::Store,
+    tenant::TenantRegistry, usage_accumulator::UsageAccumulator, webhook_handler::WebhookHandler,
 };
 
 /// Addresses of the running actors. Cheap to clone.

@@ -1,4 +1,5 @@
 //! Adapters: the outside systems the platform talks to, behind the ports the
 //! actors crate defines.
 
+pub mod redis;
 pub mod store;

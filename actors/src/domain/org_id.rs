@@ -16,7 +16,9 @@ pub enum OrgIdError {
     Empty,
     #[error("must be at most 63 characters, got {0}")]
     TooLong(usize),
-    #[error("may contain only lowercase letters, digits and '-', and must not start or end with '-'")]
+    #[error(
+        "may contain only lowercase letters, digits and '-', and must not start or end with '-'"
+    )]
     BadCharacter,
 }
 

@@ -97,7 +97,10 @@ mod tests {
         let u = Upstream::parse("127.0.0.1:5432").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 5432));
         assert_eq!(u.to_string(), "127.0.0.1:5432");
-        assert_eq!(Upstream::parse("[::1]:5432").unwrap().to_string(), "[::1]:5432");
+        assert_eq!(
+            Upstream::parse("[::1]:5432").unwrap().to_string(),
+            "[::1]:5432"
+        );
         assert_eq!(Upstream::parse("db"), Err(UpstreamError::MissingPort));
         assert_eq!(Upstream::parse("db:0"), Err(UpstreamError::BadPort));
         assert_eq!(Upstream::parse(":5432"), Err(UpstreamError::EmptyHost));

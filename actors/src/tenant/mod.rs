@@ -6,7 +6,7 @@ pub mod connection_actor;
 pub mod registry;
 
 pub use connection_actor::{
-    Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release,
-    Snapshot, TenantSnapshot,
+    Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release, Snapshot,
+    TenantSnapshot,
 };
 pub use registry::{RegistryError, TenantRegistry};

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Full local/CI test run for Dynabase:
+#   1. start backing services (PostgreSQL, Redis, MongoDB-wire) via scripts/services.sh
+#   2. cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
+# Extra arguments are passed to `cargo test` (e.g. scripts/test.sh -- --nocapture).
+# CI is passed through unchanged: tests treat CI=true as "missing service = failure".
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+SERVICES_DIR="${DYNABASE_SERVICES_DIR:-$REPO_ROOT/.services}"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "starting services"
+scripts/services.sh start
+# shellcheck disable=SC1091
+source "$SERVICES_DIR/env"
+
+# Make sure a cargo installed by rustup is found even in a non-login shell.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]]; then
+    export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "ERROR: cargo not found on PATH. Install a Rust toolchain, e.g.:" >&2
+    echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --component rustfmt,clippy" >&2
+    exit 1
+fi
+for sub in fmt clippy; do
+    if ! cargo "$sub" --version >/dev/null 2>&1; then
+        echo "ERROR: 'cargo $sub' is not available. Install it with: rustup component add ${sub/fmt/rustfmt}" >&2
+        exit 1
+    fi
+done
+
+if [[ -n "${CI+x}" ]]; then export CI; fi
+echo "cargo: $(cargo --version); CI=${CI-<unset>}" >&2
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --workspace $*"
+cargo test --workspace "$@"
+
+step "all checks passed"

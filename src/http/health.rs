@@ -1,0 +1,61 @@
+//! `/health`, `/ready` and `/metrics`: what Railway and Prometheus poll.
+
+use std::time::Duration;
+
+use actix_web::{get, web, HttpResponse};
+use serde_json::json;
+
+use super::HttpState;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Liveness: the process serves HTTP.
+#[get("/health")]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Readiness: the store and (when configured) Redis answer.
+#[get("/ready")]
+pub async fn ready(state: web::Data<HttpState>) -> HttpResponse {
+    let store = match tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => "ok",
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: store unreachable");
+            "unreachable"
+        }
+        Err(_) => "timeout",
+    };
+    let redis = match &state.redis {
+        None => "not configured",
+        Some(probe) => match tokio::time::timeout(PROBE_TIMEOUT, probe.ping()).await {
+            Ok(Ok(())) => "ok",
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: redis unreachable");
+                "unreachable"
+            }
+            Err(_) => "timeout",
+        },
+    };
+    let ready = store == "ok" && matches!(redis, "ok" | "not configured");
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "store": store,
+        "store_kind": state.store_kind,
+        "redis": redis,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Prometheus text exposition.
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    ::metrics::gauge!("dynabase_tenant_actors").set(state.actors.tenants.len() as f64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,62 @@
+//! The HTTP API (actix-web): health, readiness, metrics and the admin routes.
+//!
+//! Handlers translate HTTP to store calls and actor messages; they hold no
+//! policy of their own.
+
+mod auth;
+pub mod error;
+mod health;
+mod org_body;
+mod orgs;
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{dev::Server, web, App, HttpServer};
+use dynabase_actors::{supervisor::PlatformActors, Store};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::{adapters::redis::RedisProbe, settings::Secret};
+
+/// What every handler can reach.
+pub struct HttpState {
+    pub store: Arc<dyn Store>,
+    /// `"embedded"` or `"mongodb"`, shown by `/ready`.
+    pub store_kind: &'static str,
+    pub actors: PlatformActors,
+    pub admin_token: Secret,
+    pub metrics: PrometheusHandle,
+    pub redis: Option<RedisProbe>,
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::health)
+        .service(health::ready)
+        .service(health::metrics)
+        .service(orgs::create)
+        .service(orgs::list)
+        .service(orgs::show)
+        .service(orgs::update);
+}
+
+/// Starts serving on `listener`; the caller stops it through the returned
+/// server's handle (signals are handled by the caller, not actix).
+pub fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown_deadline: Duration,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(64 * 1024))
+            .configure(routes)
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(shutdown_deadline.as_secs().max(1))
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,67 @@
+//! `/admin/orgs`: create, list, read and update organizations.
+
+use actix_web::{get, patch, post, web, HttpResponse};
+use dynabase_actors::{OrgId, UnixMillis};
+
+use super::{auth::AdminAuth, error::ApiError, org_body, HttpState};
+use crate::org_admin;
+
+fn org_id(raw: &str) -> Result<OrgId, ApiError> {
+    // A syntactically impossible id cannot exist.
+    OrgId::parse(raw).map_err(|_| ApiError::NotFound(format!("organization `{raw}` not found")))
+}
+
+#[post("/admin/orgs")]
+pub async fn create(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req = org_body::create_org(&body)?;
+    let org = org_admin::create(state.store.as_ref(), req, UnixMillis::now()).await?;
+    ::metrics::counter!("dynabase_orgs_created_total").increment(1);
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/admin/orgs/{}", org.id)))
+        .json(org))
+}
+
+#[get("/admin/orgs")]
+pub async fn list(_: AdminAuth, state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.store.list_orgs().await?))
+}
+
+#[get("/admin/orgs/{id}")]
+pub async fn show(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = org_id(&path)?;
+    let org = state
+        .store
+        .get_org(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("organization `{id}` not found")))?;
+    Ok(HttpResponse::Ok().json(org))
+}
+
+#[patch("/admin/orgs/{id}")]
+pub async fn update(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = org_id(&path)?;
+    let change = org_body::update_org(&body)?;
+    let org = org_admin::update(
+        state.store.as_ref(),
+        &id,
+        change,
+        "admin",
+        UnixMillis::now(),
+    )
+    .await?;
+    state.actors.tenants.organization_changed(org.clone());
+    Ok(HttpResponse::Ok().json(org))
+}

@@ -1,0 +1,101 @@
+//! `ClientError`: the allow-list of errors the proxy itself sends to
+//! clients, each with its SQLSTATE. Anything else a client sees comes from
+//! PostgreSQL unchanged.
+
+use dynabase_actors::tenant::ConnectionRefusal;
+
+use super::codec::backend::{self, ErrorFields, Severity};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("unknown organization \"{0}\"")]
+    UnknownOrganization(String),
+    #[error("no organization in the connection: connect as user <role>.<organization>")]
+    NoOrganization,
+    #[error("{0}")]
+    ConnectionLimit(ConnectionRefusal),
+    #[error("unsupported frontend protocol {major}.{minor}: this proxy speaks 3.0")]
+    UnsupportedProtocol { major: u16, minor: u16 },
+    #[error("TLS is required: connect with sslmode=require")]
+    TlsRequired,
+    #[error("cannot reach database \"{database}\" of organization {org}")]
+    UpstreamUnavailable { org: String, database: String },
+    #[error("authentication did not complete in time")]
+    AuthTimeout,
+    #[error("unsupported authentication method requested by the server")]
+    UnsupportedAuth,
+    #[error("terminating connection due to administrator command")]
+    AdminShutdown,
+    #[error("protocol violation: {0}")]
+    ProtocolViolation(String),
+    #[error("the proxy is shutting down")]
+    ShuttingDown,
+    #[error("the tenant service is unavailable; try again shortly")]
+    TenantServiceUnavailable,
+}
+
+impl ClientError {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            ClientError::UnknownOrganization(_) | ClientError::NoOrganization => "28000",
+            ClientError::TlsRequired => "28000",
+            ClientError::ConnectionLimit(_) => "53300",
+            ClientError::UnsupportedProtocol { .. } | ClientError::ProtocolViolation(_) => "08P01",
+            ClientError::UnsupportedAuth => "08P01",
+            ClientError::UpstreamUnavailable { .. } | ClientError::AuthTimeout => "08006",
+            ClientError::AdminShutdown => "57P01",
+            ClientError::ShuttingDown | ClientError::TenantServiceUnavailable => "57P03",
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            ClientError::ConnectionLimit(ConnectionRefusal::LimitReached { next, .. }) => {
+                Some(match next {
+                    Some((tier, limit)) => format!(
+                        "Close idle connections or use a connection pool, or upgrade to tier {tier} for up to {limit} connections."
+                    ),
+                    None => "Close idle connections or use a connection pool.".to_owned(),
+                })
+            }
+            ClientError::NoOrganization => {
+                Some("For example: psql \"host=... user=app.acme dbname=app\"".to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    /// Appends this error as a FATAL ErrorResponse.
+    pub fn write_fatal(&self, out: &mut Vec<u8>) {
+        let message = self.to_string();
+        let hint = self.hint();
+        backend::error_response(
+            out,
+            &ErrorFields {
+                severity: Severity::Fatal,
+                code: self.sqlstate(),
+                message: &message,
+                detail: None,
+                hint: hint.as_deref(),
+            },
+        );
+    }
+
+    /// Metric label for refusals.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClientError::UnknownOrganization(_) => "unknown_org",
+            ClientError::NoOrganization => "no_org",
+            ClientError::ConnectionLimit(_) => "connection_limit",
+            ClientError::UnsupportedProtocol { .. } => "unsupported_protocol",
+            ClientError::TlsRequired => "tls_required",
+            ClientError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            ClientError::AuthTimeout => "auth_timeout",
+            ClientError::UnsupportedAuth => "unsupported_auth",
+            ClientError::AdminShutdown => "admin_shutdown",
+            ClientError::ProtocolViolation(_) => "protocol_violation",
+            ClientError::ShuttingDown => "shutting_down",
+            ClientError::TenantServiceUnavailable => "tenant_service_unavailable",
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Configuration: loaded once at start-up into typed structs.
+//!
+//! [`load`] layers the sources (see `config/default.toml`), [`validate`] turns
+//! the raw tree into [`Settings`] while collecting *every* problem, so that
+//! `dynabase configcheck` can list them all at once.
+
+mod load;
+mod raw;
+mod secret;
+mod validate;
+
+use std::{path::PathBuf, time::Duration};
+
+use dynabase_actors::{domain::catalog::LifecyclePolicy, TierCatalog, UsageFactors};
+
+pub use load::{load, LoadOptions};
+pub use secret::Secret;
+
+/// A configuration problem: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration has {} problem(s):\n{}", .0.len(), list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub proxy: ProxySettings,
+    pub store: StoreSettings,
+    /// `None` runs on in-process state.
+    pub redis: Option<RedisSettings>,
+    pub shutdown_deadline: Duration,
+    pub lifecycle: LifecyclePolicy,
+    pub usage: UsageSettings,
+    pub catalog: TierCatalog,
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    /// Empty only in development mode.
+    pub admin_token: Secret,
+    pub dev_mode: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub host: String,
+    pub port: u16,
+    pub auth_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
+    /// `None` uses the embedded store under `data_dir`.
+    pub mongodb: Option<MongoSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    pub url: Secret,
+    pub database: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageSettings {
+    pub flush_interval: Duration,
+    pub factors: UsageFactors,
+}

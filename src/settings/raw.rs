@@ -1,0 +1,101 @@
+//! The configuration as written: loose types, so that one pass can report
+//! every problem (a negative limit is a validation message, not a parse abort).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub struct RawSettings {
+    pub http: RawHttp,
+    pub proxy: RawProxy,
+    pub store: RawStore,
+    pub redis: RawRedis,
+    pub shutdown: RawShutdown,
+    pub lifecycle: RawLifecycle,
+    pub usage: RawUsage,
+    pub log: RawLog,
+    pub tiers: BTreeMap<String, RawTier>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHttp {
+    pub host: String,
+    pub port: i64,
+    pub admin_token: String,
+    pub dev_mode: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawProxy {
+    pub host: String,
+    pub port: i64,
+    pub auth_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawStore {
+    pub data_dir: String,
+    pub mongodb_url: String,
+    pub mongodb_database: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRedis {
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawShutdown {
+    pub deadline: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLifecycle {
+    pub downgrade_grace: String,
+    pub payment_failure_grace: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawUsage {
+    pub flush_interval: String,
+    pub factors: BTreeMap<String, RawFactor>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawFactor {
+    pub complexity: f64,
+    pub parallelism: f64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLog {
+    pub filter: String,
+}
+
+/// A number or a word (`"unlimited"`), as some tier values allow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NumberOrWord {
+    Number(i64),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTier {
+    pub max_connections: i64,
+    pub qps: NumberOrWord,
+    pub burst: Option<i64>,
+    pub base_fee: String,
+    pub included_vcpu_hours: String,
+    pub overage_per_vcpu_hour: String,
+    pub scale_to_zero: bool,
+    pub session: RawSession,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSession {
+    pub statement_timeout: String,
+    pub work_mem: String,
+    pub temp_buffers: String,
+}

@@ -1,0 +1,310 @@
+//! From [`RawSettings`] to [`Settings`], collecting every problem.
+
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use dynabase_actors::{
+    domain::catalog::LifecyclePolicy, SessionSettings, Tier, TierCatalog, TierLimits, UsageFactor,
+    UsageFactors,
+};
+use rust_decimal::Decimal;
+
+use super::{
+    raw::{NumberOrWord, RawFactor, RawSettings, RawTier},
+    HttpSettings, MongoSettings, Problem, ProxySettings, RedisSettings, Secret, Settings,
+    StoreSettings, UsageSettings,
+};
+
+/// Accumulates problems; each check returns a usable placeholder on failure
+/// so validation can go on and find the rest.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn port(&mut self, key: &str, value: i64) -> u16 {
+        match u16::try_from(value) {
+            Ok(port) => port,
+            Err(_) => {
+                self.fail(
+                    key,
+                    format!("must be a port number from 0 to 65535, got {value}"),
+                );
+                0
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: &str) -> Duration {
+        humantime::parse_duration(value).unwrap_or_else(|e| {
+            self.fail(
+                key,
+                format!("must be a duration like \"10s\" or \"7days\": {e}"),
+            );
+            Duration::ZERO
+        })
+    }
+
+    fn positive_duration(&mut self, key: &str, value: &str) -> Duration {
+        let d = self.duration(key, value);
+        if d.is_zero() && humantime::parse_duration(value).is_ok() {
+            self.fail(key, "must be greater than zero");
+        }
+        d
+    }
+
+    fn count(&mut self, key: &str, value: i64, min: i64) -> u32 {
+        if value < min {
+            self.fail(key, format!("must be at least {min}, got {value}"));
+            return 0;
+        }
+        u32::try_from(value).unwrap_or_else(|_| {
+            self.fail(key, format!("must be at most {}, got {value}", u32::MAX));
+            0
+        })
+    }
+
+    /// A decimal amount, or `None` for the words that mean "no price here".
+    fn money(&mut self, key: &str, value: &str) -> Option<Decimal> {
+        if matches!(value, "contract" | "none") {
+            return None;
+        }
+        match Decimal::from_str(value) {
+            Ok(d) if d.is_sign_negative() => {
+                self.fail(key, format!("must not be negative, got {value}"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.fail(key, format!("must be a decimal string like \"0.15\", \"contract\" or \"none\", got {value:?}"));
+                None
+            }
+        }
+    }
+
+    fn factor(&mut self, key: &str, raw: Option<&RawFactor>) -> UsageFactor {
+        let Some(raw) = raw else {
+            self.fail(key, "missing usage factor");
+            return UsageFactor {
+                complexity: 1.0,
+                parallelism: 1.0,
+            };
+        };
+        for (name, v) in [
+            ("complexity", raw.complexity),
+            ("parallelism", raw.parallelism),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                self.fail(
+                    format!("{key}.{name}"),
+                    format!("must be a positive number, got {v}"),
+                );
+            }
+        }
+        UsageFactor {
+            complexity: raw.complexity,
+            parallelism: raw.parallelism,
+        }
+    }
+
+    fn tier(&mut self, tier: Tier, raw: &RawTier) -> TierLimits {
+        let key = |field: &str| format!("tiers.{}.{field}", tier.as_str());
+        let max_connections = self.count(&key("max_connections"), raw.max_connections, 1);
+        let qps = match &raw.qps {
+            NumberOrWord::Number(n) => Some(self.count(&key("qps"), *n, 1)),
+            NumberOrWord::Word(w) if w == "unlimited" => None,
+            NumberOrWord::Word(w) => {
+                self.fail(
+                    key("qps"),
+                    format!("must be a positive number or \"unlimited\", got {w:?}"),
+                );
+                None
+            }
+        };
+        let burst = raw.burst.map(|b| self.count(&key("burst"), b, 1));
+        for (field, value) in [
+            ("session.work_mem", &raw.session.work_mem),
+            ("session.temp_buffers", &raw.session.temp_buffers),
+            ("session.statement_timeout", &raw.session.statement_timeout),
+        ] {
+            // Sent to PostgreSQL as a startup parameter: keep it to a plain value.
+            if value.is_empty()
+                || !value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.')
+            {
+                self.fail(
+                    key(field),
+                    format!(
+                        "must be a PostgreSQL setting value like \"4MB\" or \"30s\", got {value:?}"
+                    ),
+                );
+            }
+        }
+        TierLimits {
+            tier,
+            max_connections,
+            qps,
+            burst,
+            base_fee: self.money(&key("base_fee"), &raw.base_fee),
+            included_vcpu_hours: self.money(&key("included_vcpu_hours"), &raw.included_vcpu_hours),
+            overage_per_vcpu_hour: self
+                .money(&key("overage_per_vcpu_hour"), &raw.overage_per_vcpu_hour),
+            scale_to_zero: raw.scale_to_zero,
+            session: SessionSettings {
+                statement_timeout: raw.session.statement_timeout.clone(),
+                work_mem: raw.session.work_mem.clone(),
+                temp_buffers: raw.session.temp_buffers.clone(),
+            },
+        }
+    }
+}
+
+pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
+    let mut c = Checker::default();
+
+    let http = HttpSettings {
+        host: raw.http.host,
+        port: c.port("http.port", raw.http.port),
+        admin_token: Secret::new(raw.http.admin_token),
+        dev_mode: raw.http.dev_mode,
+    };
+    let proxy = ProxySettings {
+        host: raw.proxy.host,
+        port: c.port("proxy.port", raw.proxy.port),
+        auth_timeout: c.positive_duration("proxy.auth_timeout", &raw.proxy.auth_timeout),
+    };
+    let mongodb = (!raw.store.mongodb_url.is_empty()).then(|| MongoSettings {
+        url: Secret::new(raw.store.mongodb_url.clone()),
+        database: raw.store.mongodb_database.clone(),
+    });
+    if let Some(m) = &mongodb {
+        if !(m.url.expose().starts_with("mongodb://")
+            || m.url.expose().starts_with("mongodb+srv://"))
+        {
+            c.fail(
+                "store.mongodb_url",
+                "must start with mongodb:// or mongodb+srv://",
+            );
+        }
+        if m.database.is_empty() {
+            c.fail("store.mongodb_database", "must not be empty");
+        }
+    }
+    if raw.store.data_dir.is_empty() {
+        c.fail("store.data_dir", "must not be empty");
+    }
+    let redis = (!raw.redis.url.is_empty()).then(|| RedisSettings {
+        url: Secret::new(raw.redis.url.clone()),
+    });
+    if let Some(r) = &redis {
+        if !(r.url.expose().starts_with("redis://") || r.url.expose().starts_with("rediss://")) {
+            c.fail("redis.url", "must start with redis:// or rediss://");
+        }
+    }
+
+    let mut tiers = Vec::new();
+    for (name, raw_tier) in &raw.tiers {
+        match Tier::from_str(name) {
+            Ok(tier) => tiers.push(c.tier(tier, raw_tier)),
+            Err(e) => c.fail(format!("tiers.{name}"), e.to_string()),
+        }
+    }
+    let catalog = TierCatalog::new(tiers).unwrap_or_else(|missing| {
+        c.fail(format!("tiers.{}", missing.as_str()), "missing tier");
+        placeholder_catalog()
+    });
+    // Upgrades must never lower a limit.
+    for pair in Tier::ALL.windows(2) {
+        let (lo, hi) = (catalog.get(pair[0]), catalog.get(pair[1]));
+        if hi.max_connections < lo.max_connections {
+            c.fail(
+                format!("tiers.{}.max_connections", pair[1].as_str()),
+                format!(
+                    "must not be lower than tier {}'s ({})",
+                    pair[0].as_str(),
+                    lo.max_connections
+                ),
+            );
+        }
+    }
+
+    let f = &raw.usage.factors;
+    for name in f.keys() {
+        if !["select", "insert", "update", "delete", "ddl", "other"].contains(&name.as_str()) {
+            c.fail(
+                format!("usage.factors.{name}"),
+                "unknown statement kind; expected select, insert, update, delete, ddl or other",
+            );
+        }
+    }
+    let mut factor = |kind: &str| c.factor(&format!("usage.factors.{kind}"), f.get(kind));
+    let factors = UsageFactors {
+        select: factor("select"),
+        insert: factor("insert"),
+        update: factor("update"),
+        delete: factor("delete"),
+        ddl: factor("ddl"),
+        other: factor("other"),
+    };
+
+    let settings = Settings {
+        http,
+        proxy,
+        store: StoreSettings {
+            data_dir: PathBuf::from(raw.store.data_dir),
+            mongodb,
+        },
+        redis,
+        shutdown_deadline: c.positive_duration("shutdown.deadline", &raw.shutdown.deadline),
+        lifecycle: LifecyclePolicy {
+            downgrade_grace: c
+                .duration("lifecycle.downgrade_grace", &raw.lifecycle.downgrade_grace),
+            payment_failure_grace: c.duration(
+                "lifecycle.payment_failure_grace",
+                &raw.lifecycle.payment_failure_grace,
+            ),
+        },
+        usage: UsageSettings {
+            flush_interval: c.positive_duration("usage.flush_interval", &raw.usage.flush_interval),
+            factors,
+        },
+        catalog,
+        log_filter: raw.log.filter,
+    };
+    if c.problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(c.problems)
+    }
+}
+
+/// Stands in for a catalog with a missing tier so validation can continue.
+fn placeholder_catalog() -> TierCatalog {
+    let tiers = Tier::ALL
+        .into_iter()
+        .map(|tier| TierLimits {
+            tier,
+            max_connections: 1,
+            qps: None,
+            burst: None,
+            base_fee: None,
+            included_vcpu_hours: None,
+            overage_per_vcpu_hour: None,
+            scale_to_zero: false,
+            session: SessionSettings {
+                statement_timeout: "0".into(),
+                work_mem: "4MB".into(),
+                temp_buffers: "8MB".into(),
+            },
+        })
+        .collect();
+    TierCatalog::new(tiers).unwrap_or_else(|_| unreachable!("all tiers present"))
+}

@@ -1,0 +1,144 @@
+//! Test harness: runs the real `dynabase` binary on port 0 and talks to it
+//! over real HTTP.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A running `dynabase serve`.
+pub struct Server {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    stdout: mpsc::Receiver<String>,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dynabase"))
+}
+
+pub fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+/// A command for the binary with a clean, test-local environment.
+pub fn command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DYNABASE_CONFIG_DIR", config_dir())
+        .env("DYNABASE__STORE__DATA_DIR", data_dir)
+        .env("DYNABASE__HTTP__HOST", "127.0.0.1")
+        .env("DYNABASE__PROXY__HOST", "127.0.0.1")
+        .env("DYNABASE__PROXY__PORT", "0")
+        .env("DYNABASE__SHUTDOWN__DEADLINE", "5s")
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+impl Server {
+    /// Starts `dynabase serve` with the admin token set and waits until it
+    /// prints where it listens.
+    pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        let mut cmd = command(data_dir);
+        cmd.env("DYNABASE_ADMIN_TOKEN", ADMIN_TOKEN);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd.arg("serve"))
+    }
+
+    pub fn spawn(cmd: &mut Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn dynabase");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("dynabase: HTTP API listening on ") {
+                        let base = rest.trim().to_owned();
+                        return Server {
+                            child,
+                            base,
+                            stdout: rx,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("dynabase did not report its HTTP address within 30 s");
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Waits up to 10 s for a stdout line starting with `prefix`; returns
+    /// the rest of that line.
+    pub fn wait_for_line(&self, prefix: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(line) = self
+            .stdout
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Some(rest.to_owned());
+            }
+        }
+        None
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit.
+    pub fn terminate(mut self, limit: Duration) -> Option<ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.map(|s| s.success()).unwrap_or(false), "kill -TERM failed");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}

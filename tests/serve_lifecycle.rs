@@ -1,0 +1,96 @@
+//! The binary as an operator runs it: start, restart, stop, configcheck.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, command, Server, ADMIN_TOKEN};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn an_organization_survives_a_restart_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = client();
+    let health = http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let created = http
+        .post(server.url("/admin/orgs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(r#"{"id":"acme","name":"Acme","tier":"starter","upstream":"127.0.0.1:5432"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    // The shutdown deadline is 5 s in tests; exit must come within it.
+    let status = server
+        .terminate(Duration::from_secs(5))
+        .expect("exited within the shutdown deadline");
+    assert!(status.success(), "SIGTERM exit status: {status:?}");
+
+    let again = Server::start(dir.path(), &[]);
+    let org: Value = http
+        .get(again.url("/admin/orgs/acme"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(org["tier"], "starter");
+}
+
+#[test]
+fn serve_refuses_to_start_without_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path()).arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin_token is empty"), "{stderr}");
+}
+
+#[tokio::test]
+async fn development_mode_generates_and_prints_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::spawn(command(dir.path()).args(["serve", "--dev"]));
+    let token = server
+        .wait_for_line("dynabase: development mode; admin token for this run: ")
+        .expect("token printed");
+    let r = client()
+        .get(server.url("/admin/orgs"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[test]
+fn configcheck_reports_every_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("broken.toml"),
+        "[proxy]\nport = 6432\nlisten_backlog = 5\n\n[tiers.free]\nmax_connections = -5\n",
+    )
+    .unwrap();
+    let out = command(dir.path())
+        .env("DYNABASE_CONFIG_DIR", config.path())
+        .env("DYNABASE_ENV", "broken")
+        .arg("configcheck")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("proxy.listen_backlog: unknown key"), "{stderr}");
+    assert!(
+        stderr.contains("tiers.free.max_connections: must be at least 1, got -5"),
+        "{stderr}"
+    );
+
+    let ok = command(dir.path()).arg("configcheck").output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
