@@ -1,0 +1,531 @@
+//! `EmbeddedStore`: the [`Store`] kept in one redb file, `<dir>/dynabase.redb`.
+//!
+//! It serves when no MongoDB is configured (development, single-node
+//! installs). Every table is keyed by a string and holds `serde_json` bytes, so
+//! the file stays readable by tooling and tolerant of added optional fields.
+//!
+//! Keyed writes check for the key and insert inside one write transaction;
+//! redb serializes write transactions, so a retried write reliably reports
+//! [`Write::AlreadyApplied`]. Lists that are per organization go through small
+//! index tables whose keys sort in the order the port promises:
+//!
+//! | index                    | key                                          |
+//! |--------------------------|----------------------------------------------|
+//! | `usage_by_org_period`    | `<org>/<period>/<window_start>/<usage key>`  |
+//! | `invoices_by_org`        | `<org>/<created_at>/<seq>`                   |
+//! | `notifications_by_org`   | `<org>/<created_at>/<seq>`                   |
+//! | `tier_changes` (primary) | `<org>/<at>/<seq>`                           |
+//!
+//! Instants are encoded with [`sortable_millis`] so byte order is time order,
+//! and `<seq>` is a counter kept in the `meta` table that breaks ties in
+//! insertion order. An `OrgId` never contains `/`, so `<org>/` is an exact
+//! prefix.
+//!
+//! redb is synchronous; every call runs on the blocking pool via
+//! [`tokio::task::spawn_blocking`] so it never stalls the async runtime.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use dynabase_actors::{
+    domain::records::{
+        CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
+        UsageRecord, Write,
+    },
+    OrgId, Organization, Store, StoreError,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// File name inside the data directory.
+pub const FILE_NAME: &str = "dynabase.redb";
+
+/// Primary tables: key → JSON document.
+type DocTable = TableDefinition<'static, &'static str, &'static [u8]>;
+/// Index tables: sortable key → primary key.
+type IndexTable = TableDefinition<'static, &'static str, &'static str>;
+
+const ORGS: DocTable = TableDefinition::new("organizations");
+const USAGE: DocTable = TableDefinition::new("usage");
+const USAGE_BY_ORG_PERIOD: IndexTable = TableDefinition::new("usage_by_org_period");
+const EVENTS: DocTable = TableDefinition::new("webhook_events");
+const INVOICES: DocTable = TableDefinition::new("invoices");
+const INVOICES_BY_ORG: IndexTable = TableDefinition::new("invoices_by_org");
+const CALIBRATIONS: DocTable = TableDefinition::new("calibrations");
+const NOTIFICATIONS: DocTable = TableDefinition::new("notifications");
+const NOTIFICATIONS_BY_ORG: IndexTable = TableDefinition::new("notifications_by_org");
+const TIER_CHANGES: DocTable = TableDefinition::new("tier_changes");
+const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
+
+/// The `meta` entry holding the last sequence number handed out.
+const SEQ_KEY: &str = "seq";
+
+/// Why the embedded store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedStoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open store file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("cannot initialise store file {path}: {source}")]
+    Init {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+}
+
+/// A durable [`Store`] in a single redb file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `<dir>/dynabase.redb`, creating `dir` if needed.
+    ///
+    /// Blocking; call it at start-up, before serving. Only one process (and
+    /// one `EmbeddedStore` per process) may have the file open at a time.
+    pub fn open(dir: &Path) -> Result<Self, EmbeddedStoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| EmbeddedStoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|source| EmbeddedStoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        // Create every table up front so read transactions never meet a
+        // missing table on a fresh file.
+        create_tables(&db).map_err(|source| EmbeddedStoreError::Init {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs synchronous redb work on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
+    }
+}
+
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    for table in [
+        ORGS,
+        USAGE,
+        EVENTS,
+        INVOICES,
+        CALIBRATIONS,
+        NOTIFICATIONS,
+        TIER_CHANGES,
+    ] {
+        txn.open_table(table)?;
+    }
+    for index in [USAGE_BY_ORG_PERIOD, INVOICES_BY_ORG, NOTIFICATIONS_BY_ORG] {
+        txn.open_table(index)?;
+    }
+    txn.open_table(META)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Any redb failure means the store cannot serve right now.
+fn unavailable(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(format!("embedded store: {}", e.into()))
+}
+
+fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    // Domain types always serialize; a failure here would be a programming
+    // error, reported rather than panicking.
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode {what}: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(table: &DocTable, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "{}[{key}] is not valid: {e}",
+            redb::TableHandle::name(table)
+        ))
+    })
+}
+
+/// Encodes an instant so that string order is time order, negatives included:
+/// flipping the sign bit maps `i64` order onto `u64` order, and 20 digits fit
+/// `u64::MAX`.
+fn sortable_millis(ms: i64) -> String {
+    // Reinterpreting the bits is intended; see above.
+    format!("{:020}", (ms as u64) ^ (1 << 63))
+}
+
+/// The half-open key range of everything starting with `prefix/`.
+///
+/// `0` is the byte right after `/`, so `prefix0` is the first key past it.
+fn prefix_range(prefix: &str) -> (String, String) {
+    (format!("{prefix}/"), format!("{prefix}0"))
+}
+
+/// Hands out the next insertion sequence number within `txn`.
+fn next_seq(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let last = meta
+        .get(SEQ_KEY)
+        .map_err(unavailable)?
+        .map_or(0, |v| v.value());
+    let next = last + 1;
+    meta.insert(SEQ_KEY, next).map_err(unavailable)?;
+    Ok(next)
+}
+
+/// How the index entry of a keyed write is named.
+enum IndexKey {
+    /// Used as is; already unique.
+    Exact(String),
+    /// Gets `/<seq>` appended, to keep insertion order among equal prefixes.
+    Sequenced(String),
+}
+
+/// Inserts `value` under `key` unless the key exists, and records the optional
+/// index entry, all in one write transaction.
+fn insert_if_absent(
+    db: &Database,
+    table: DocTable,
+    key: &str,
+    value: &[u8],
+    index: Option<(IndexTable, IndexKey)>,
+) -> Result<Write, StoreError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    let exists = {
+        let mut docs = txn.open_table(table).map_err(unavailable)?;
+        let exists = docs.get(key).map_err(unavailable)?.is_some();
+        if !exists {
+            docs.insert(key, value).map_err(unavailable)?;
+        }
+        exists
+    };
+    if exists {
+        txn.abort().map_err(unavailable)?;
+        return Ok(Write::AlreadyApplied);
+    }
+    if let Some((index, index_key)) = index {
+        let index_key = match index_key {
+            IndexKey::Exact(k) => k,
+            IndexKey::Sequenced(prefix) => format!("{prefix}/{:020}", next_seq(&txn)?),
+        };
+        let mut idx = txn.open_table(index).map_err(unavailable)?;
+        idx.insert(index_key.as_str(), key).map_err(unavailable)?;
+    }
+    txn.commit().map_err(unavailable)?;
+    Ok(Write::Applied)
+}
+
+/// Reads one document by key.
+fn get_doc<T: DeserializeOwned>(
+    db: &Database,
+    table: DocTable,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let docs = txn.open_table(table).map_err(unavailable)?;
+    let found = docs.get(key).map_err(unavailable)?;
+    found.map(|v| decode(&table, key, v.value())).transpose()
+}
+
+/// Reads every document of a table in key order.
+fn all_docs<T: DeserializeOwned>(db: &Database, table: DocTable) -> Result<Vec<T>, StoreError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let docs = txn.open_table(table).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for entry in docs.iter().map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        out.push(decode(&table, k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Reads the documents a prefix of an index points at, in index order.
+fn docs_by_index<T: DeserializeOwned>(
+    db: &Database,
+    index: IndexTable,
+    table: DocTable,
+    prefix: &str,
+) -> Result<Vec<T>, StoreError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let idx = txn.open_table(index).map_err(unavailable)?;
+    let docs = txn.open_table(table).map_err(unavailable)?;
+    let (start, end) = prefix_range(prefix);
+    let mut out = Vec::new();
+    for entry in idx
+        .range::<&str>(start.as_str()..end.as_str())
+        .map_err(unavailable)?
+    {
+        let (_, primary) = entry.map_err(unavailable)?;
+        let primary = primary.value();
+        let doc = docs.get(primary).map_err(unavailable)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{} points at missing {}[{primary}]",
+                redb::TableHandle::name(&index),
+                redb::TableHandle::name(&table)
+            ))
+        })?;
+        out.push(decode(&table, primary, doc.value())?);
+    }
+    Ok(out)
+}
+
+/// Reads the documents of a primary table whose keys start with `prefix/`.
+fn docs_with_prefix<T: DeserializeOwned>(
+    db: &Database,
+    table: DocTable,
+    prefix: &str,
+) -> Result<Vec<T>, StoreError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let docs = txn.open_table(table).map_err(unavailable)?;
+    let (start, end) = prefix_range(prefix);
+    let mut out = Vec::new();
+    for entry in docs
+        .range::<&str>(start.as_str()..end.as_str())
+        .map_err(unavailable)?
+    {
+        let (k, v) = entry.map_err(unavailable)?;
+        out.push(decode(&table, k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A read transaction proves the file is open and readable.
+        self.run(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            txn.open_table(META).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_org(&self, org: &Organization) -> Result<(), StoreError> {
+        let id = org.id.clone();
+        let bytes = encode("organization", org)?;
+        self.run(
+            move |db| match insert_if_absent(db, ORGS, id.as_str(), &bytes, None)? {
+                Write::Applied => Ok(()),
+                Write::AlreadyApplied => Err(StoreError::Duplicate(id)),
+            },
+        )
+        .await
+    }
+
+    async fn get_org(&self, id: &OrgId) -> Result<Option<Organization>, StoreError> {
+        let id = id.clone();
+        self.run(move |db| get_doc(db, ORGS, id.as_str())).await
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        // Keys are org ids, so key order is id order.
+        self.run(|db| all_docs(db, ORGS)).await
+    }
+
+    async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {
+        let id = org.id.clone();
+        let bytes = encode("organization", org)?;
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let found = {
+                let mut orgs = txn.open_table(ORGS).map_err(unavailable)?;
+                let found = orgs.get(id.as_str()).map_err(unavailable)?.is_some();
+                if found {
+                    orgs.insert(id.as_str(), bytes.as_slice())
+                        .map_err(unavailable)?;
+                }
+                found
+            };
+            if !found {
+                txn.abort().map_err(unavailable)?;
+                return Err(StoreError::NotFound(id));
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError> {
+        let bytes = encode("usage record", record)?;
+        let key = record.key.clone();
+        let index_key = format!(
+            "{}/{}/{}/{}",
+            record.org,
+            record.period,
+            sortable_millis(record.window_start.0),
+            record.key
+        );
+        self.run(move |db| {
+            insert_if_absent(
+                db,
+                USAGE,
+                &key,
+                &bytes,
+                Some((USAGE_BY_ORG_PERIOD, IndexKey::Exact(index_key))),
+            )
+        })
+        .await
+    }
+
+    async fn usage_for_period(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let prefix = format!("{org}/{period}");
+        self.run(move |db| docs_by_index(db, USAGE_BY_ORG_PERIOD, USAGE, &prefix))
+            .await
+    }
+
+    async fn mark_event_processed(&self, event: &ProcessedEvent) -> Result<Write, StoreError> {
+        let bytes = encode("webhook event", event)?;
+        let key = event.event_id.clone();
+        self.run(move |db| insert_if_absent(db, EVENTS, &key, &bytes, None))
+            .await
+    }
+
+    async fn record_invoice(&self, invoice: &InvoiceRecord) -> Result<Write, StoreError> {
+        let bytes = encode("invoice", invoice)?;
+        let key = invoice.key.clone();
+        let prefix = format!("{}/{}", invoice.org, sortable_millis(invoice.created_at.0));
+        self.run(move |db| {
+            insert_if_absent(
+                db,
+                INVOICES,
+                &key,
+                &bytes,
+                Some((INVOICES_BY_ORG, IndexKey::Sequenced(prefix))),
+            )
+        })
+        .await
+    }
+
+    async fn invoices_for_org(&self, org: &OrgId) -> Result<Vec<InvoiceRecord>, StoreError> {
+        let org = org.clone();
+        self.run(move |db| docs_by_index(db, INVOICES_BY_ORG, INVOICES, org.as_str()))
+            .await
+    }
+
+    async fn record_calibration(&self, record: &CalibrationRecord) -> Result<Write, StoreError> {
+        let bytes = encode("calibration", record)?;
+        let key = record.period.clone();
+        self.run(move |db| insert_if_absent(db, CALIBRATIONS, key.as_str(), &bytes, None))
+            .await
+    }
+
+    async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {
+        // Keyed by `YYYY-MM`, so key order is period order.
+        self.run(|db| all_docs(db, CALIBRATIONS)).await
+    }
+
+    async fn add_notification(&self, n: &Notification) -> Result<Write, StoreError> {
+        let bytes = encode("notification", n)?;
+        let key = n.key.clone();
+        let prefix = format!("{}/{}", n.org, sortable_millis(n.created_at.0));
+        self.run(move |db| {
+            insert_if_absent(
+                db,
+                NOTIFICATIONS,
+                &key,
+                &bytes,
+                Some((NOTIFICATIONS_BY_ORG, IndexKey::Sequenced(prefix))),
+            )
+        })
+        .await
+    }
+
+    async fn notifications_for_org(&self, org: &OrgId) -> Result<Vec<Notification>, StoreError> {
+        let org = org.clone();
+        self.run(move |db| docs_by_index(db, NOTIFICATIONS_BY_ORG, NOTIFICATIONS, org.as_str()))
+            .await
+    }
+
+    async fn append_tier_change(&self, change: &TierChange) -> Result<(), StoreError> {
+        let bytes = encode("tier change", change)?;
+        let prefix = format!("{}/{}", change.org, sortable_millis(change.at.0));
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let key = format!("{prefix}/{:020}", next_seq(&txn)?);
+            {
+                let mut log = txn.open_table(TIER_CHANGES).map_err(unavailable)?;
+                log.insert(key.as_str(), bytes.as_slice())
+                    .map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn tier_history(&self, org: &OrgId) -> Result<Vec<TierChange>, StoreError> {
+        let org = org.clone();
+        self.run(move |db| docs_with_prefix(db, TIER_CHANGES, org.as_str()))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sortable_millis_orders_like_the_numbers() {
+        let values = [i64::MIN, -1_000, -1, 0, 1, 1_700_000_000_000, i64::MAX];
+        let encoded: Vec<String> = values.iter().map(|&v| sortable_millis(v)).collect();
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        assert_eq!(encoded, sorted);
+        assert!(encoded.iter().all(|e| e.len() == 20));
+    }
+
+    #[test]
+    fn prefix_range_excludes_longer_org_ids() {
+        let (start, end) = prefix_range("acme");
+        let inside = "acme/00000000000000000001";
+        let other = "acme-2/00000000000000000001";
+        assert!(start.as_str() <= inside && inside < end.as_str());
+        assert!(!(start.as_str() <= other && other < end.as_str()));
+    }
+}

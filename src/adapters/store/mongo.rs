@@ -1,0 +1,608 @@
+//! `MongoStore`: the [`Store`] on MongoDB (or a MongoDB-wire server such as
+//! FerretDB), the source of truth in production.
+//!
+//! Idempotency rides on `_id`: every keyed record uses its key as `_id`, so the
+//! server's own uniqueness makes a retried insert fail with duplicate-key
+//! error 11000, which is reported as [`Write::AlreadyApplied`]. That needs no
+//! transactions, which FerretDB does not offer.
+//!
+//! Documents are private serde structs with camelCase field names, so BSON
+//! never reaches the domain. Decimals are stored as strings (exact, and
+//! portable across servers without Decimal128 support). Only plain CRUD,
+//! `find` with filter and sort, and `createIndexes` are used; sums are done by
+//! the caller in Rust rather than by aggregation pipelines.
+//!
+//! Ties in time order (notifications, invoices, tier changes) are broken by an
+//! `ObjectId` made at insert. Within one process those increase with each
+//! insert; between replicas writing in the same second the order is still
+//! deterministic, though not necessarily the order of arrival.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dynabase_actors::{
+    domain::{
+        organization::PendingTierChange,
+        records::{
+            CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
+            UsageRecord, Write,
+        },
+    },
+    OrgId, Organization, Store, StoreError, Tier, UnixMillis, Upstream,
+};
+use futures_util::TryStreamExt;
+use mongodb::{
+    bson::{doc, oid::ObjectId, Document},
+    error::{Error as DriverError, ErrorKind, WriteFailure},
+    options::ClientOptions,
+    Client, Collection, Database, IndexModel,
+};
+use rust_decimal::Decimal;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// How long to wait for a server before calling the store unavailable.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's code for a unique-index violation.
+const DUPLICATE_KEY: i32 = 11000;
+
+const ORGANIZATIONS: &str = "organizations";
+const TENANT_USAGE: &str = "tenantUsage";
+const WEBHOOK_EVENTS: &str = "webhookEvents";
+const INVOICES: &str = "invoices";
+const CALIBRATIONS: &str = "calibrations";
+const NOTIFICATIONS: &str = "notifications";
+const TIER_CHANGES: &str = "tierChanges";
+
+/// Why the MongoDB store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MongoStoreError {
+    #[error("invalid MongoDB URL or client options: {0}")]
+    Options(#[source] DriverError),
+    #[error("MongoDB server unreachable: {0}")]
+    Unreachable(#[source] DriverError),
+    #[error("cannot create indexes on `{collection}`: {source}")]
+    Index {
+        collection: &'static str,
+        #[source]
+        source: DriverError,
+    },
+}
+
+// ----- documents ------------------------------------------------------------
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PendingDoc {
+    to: Tier,
+    effective_at: i64,
+    reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrgDoc {
+    #[serde(rename = "_id")]
+    id: OrgId,
+    name: String,
+    tier: Tier,
+    upstream: Upstream,
+    stripe_customer_id: Option<String>,
+    stripe_subscription_id: Option<String>,
+    pending_tier_change: Option<PendingDoc>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<&Organization> for OrgDoc {
+    fn from(o: &Organization) -> Self {
+        Self {
+            id: o.id.clone(),
+            name: o.name.clone(),
+            tier: o.tier,
+            upstream: o.upstream.clone(),
+            stripe_customer_id: o.stripe_customer_id.clone(),
+            stripe_subscription_id: o.stripe_subscription_id.clone(),
+            pending_tier_change: o.pending_tier_change.as_ref().map(|p| PendingDoc {
+                to: p.to,
+                effective_at: p.effective_at.0,
+                reason: p.reason.clone(),
+            }),
+            created_at: o.created_at.0,
+            updated_at: o.updated_at.0,
+        }
+    }
+}
+
+impl From<OrgDoc> for Organization {
+    fn from(d: OrgDoc) -> Self {
+        Self {
+            id: d.id,
+            name: d.name,
+            tier: d.tier,
+            upstream: d.upstream,
+            stripe_customer_id: d.stripe_customer_id,
+            stripe_subscription_id: d.stripe_subscription_id,
+            pending_tier_change: d.pending_tier_change.map(|p| PendingTierChange {
+                to: p.to,
+                effective_at: UnixMillis(p.effective_at),
+                reason: p.reason,
+            }),
+            created_at: UnixMillis(d.created_at),
+            updated_at: UnixMillis(d.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageDoc {
+    #[serde(rename = "_id")]
+    key: String,
+    org: OrgId,
+    database: String,
+    period: Period,
+    window_start: i64,
+    // BSON has no unsigned integers; the driver stores these as Int64 and
+    // refuses values above `i64::MAX` rather than wrapping.
+    query_cycles: u64,
+    duration_us: u64,
+    vcpu_hours: Decimal,
+    gb_hours: Decimal,
+}
+
+impl From<&UsageRecord> for UsageDoc {
+    fn from(r: &UsageRecord) -> Self {
+        Self {
+            key: r.key.clone(),
+            org: r.org.clone(),
+            database: r.database.clone(),
+            period: r.period.clone(),
+            window_start: r.window_start.0,
+            query_cycles: r.query_cycles,
+            duration_us: r.duration_us,
+            vcpu_hours: r.vcpu_hours,
+            gb_hours: r.gb_hours,
+        }
+    }
+}
+
+impl From<UsageDoc> for UsageRecord {
+    fn from(d: UsageDoc) -> Self {
+        Self {
+            key: d.key,
+            org: d.org,
+            database: d.database,
+            period: d.period,
+            window_start: UnixMillis(d.window_start),
+            query_cycles: d.query_cycles,
+            duration_us: d.duration_us,
+            vcpu_hours: d.vcpu_hours,
+            gb_hours: d.gb_hours,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventDoc {
+    #[serde(rename = "_id")]
+    event_id: String,
+    event_type: String,
+    received_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvoiceDoc {
+    #[serde(rename = "_id")]
+    key: String,
+    org: OrgId,
+    period: Period,
+    tier: Tier,
+    overage_vcpu_hours: Decimal,
+    amount: Decimal,
+    currency: String,
+    provider_item_id: Option<String>,
+    created_at: i64,
+    /// Tie-breaker for equal `createdAt`; see the module docs.
+    seq: ObjectId,
+}
+
+impl From<&InvoiceRecord> for InvoiceDoc {
+    fn from(r: &InvoiceRecord) -> Self {
+        Self {
+            key: r.key.clone(),
+            org: r.org.clone(),
+            period: r.period.clone(),
+            tier: r.tier,
+            overage_vcpu_hours: r.overage_vcpu_hours,
+            amount: r.amount,
+            currency: r.currency.clone(),
+            provider_item_id: r.provider_item_id.clone(),
+            created_at: r.created_at.0,
+            seq: ObjectId::new(),
+        }
+    }
+}
+
+impl From<InvoiceDoc> for InvoiceRecord {
+    fn from(d: InvoiceDoc) -> Self {
+        Self {
+            key: d.key,
+            org: d.org,
+            period: d.period,
+            tier: d.tier,
+            overage_vcpu_hours: d.overage_vcpu_hours,
+            amount: d.amount,
+            currency: d.currency,
+            provider_item_id: d.provider_item_id,
+            created_at: UnixMillis(d.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CalibrationDoc {
+    #[serde(rename = "_id")]
+    period: Period,
+    railway_bill: Decimal,
+    estimated_vcpu_hours: Decimal,
+    default_rate: Decimal,
+    actual_rate: Decimal,
+    variance: Decimal,
+    created_at: i64,
+}
+
+impl From<&CalibrationRecord> for CalibrationDoc {
+    fn from(r: &CalibrationRecord) -> Self {
+        Self {
+            period: r.period.clone(),
+            railway_bill: r.railway_bill,
+            estimated_vcpu_hours: r.estimated_vcpu_hours,
+            default_rate: r.default_rate,
+            actual_rate: r.actual_rate,
+            variance: r.variance,
+            created_at: r.created_at.0,
+        }
+    }
+}
+
+impl From<CalibrationDoc> for CalibrationRecord {
+    fn from(d: CalibrationDoc) -> Self {
+        Self {
+            period: d.period,
+            railway_bill: d.railway_bill,
+            estimated_vcpu_hours: d.estimated_vcpu_hours,
+            default_rate: d.default_rate,
+            actual_rate: d.actual_rate,
+            variance: d.variance,
+            created_at: UnixMillis(d.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NotificationDoc {
+    #[serde(rename = "_id")]
+    key: String,
+    org: OrgId,
+    kind: String,
+    message: String,
+    created_at: i64,
+    /// Tie-breaker for equal `createdAt`; see the module docs.
+    seq: ObjectId,
+}
+
+impl From<&Notification> for NotificationDoc {
+    fn from(n: &Notification) -> Self {
+        Self {
+            key: n.key.clone(),
+            org: n.org.clone(),
+            kind: n.kind.clone(),
+            message: n.message.clone(),
+            created_at: n.created_at.0,
+            seq: ObjectId::new(),
+        }
+    }
+}
+
+impl From<NotificationDoc> for Notification {
+    fn from(d: NotificationDoc) -> Self {
+        Self {
+            key: d.key,
+            org: d.org,
+            kind: d.kind,
+            message: d.message,
+            created_at: UnixMillis(d.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TierChangeDoc {
+    /// Made at insert; also the tie-breaker for equal `at`.
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    org: OrgId,
+    from: Tier,
+    to: Tier,
+    source: String,
+    reason: String,
+    at: i64,
+}
+
+impl From<&TierChange> for TierChangeDoc {
+    fn from(c: &TierChange) -> Self {
+        Self {
+            id: ObjectId::new(),
+            org: c.org.clone(),
+            from: c.from,
+            to: c.to,
+            source: c.source.clone(),
+            reason: c.reason.clone(),
+            at: c.at.0,
+        }
+    }
+}
+
+impl From<TierChangeDoc> for TierChange {
+    fn from(d: TierChangeDoc) -> Self {
+        Self {
+            org: d.org,
+            from: d.from,
+            to: d.to,
+            source: d.source,
+            reason: d.reason,
+            at: UnixMillis(d.at),
+        }
+    }
+}
+
+// ----- errors ---------------------------------------------------------------
+
+fn is_duplicate_key(e: &DriverError) -> bool {
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// Maps a driver error onto the port: unreadable documents are `Corrupt`,
+/// everything else (network, server selection, server errors) means the store
+/// cannot serve the request right now.
+fn store_error(e: DriverError) -> StoreError {
+    match &*e.kind {
+        ErrorKind::BsonDeserialization(_) => StoreError::Corrupt(format!("mongodb: {e}")),
+        _ => StoreError::Unavailable(format!("mongodb: {e}")),
+    }
+}
+
+/// Inserts a keyed document; a duplicate `_id` means it was written before.
+async fn insert_keyed<T>(coll: &Collection<T>, doc: &T) -> Result<Write, StoreError>
+where
+    T: Serialize + Send + Sync,
+{
+    match coll.insert_one(doc).await {
+        Ok(_) => Ok(Write::Applied),
+        Err(e) if is_duplicate_key(&e) => Ok(Write::AlreadyApplied),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// Runs a filtered, sorted `find` and converts every document.
+async fn find_sorted<T, R>(
+    coll: &Collection<T>,
+    filter: Document,
+    sort: Document,
+) -> Result<Vec<R>, StoreError>
+where
+    T: DeserializeOwned + Send + Sync + Into<R>,
+{
+    let cursor = coll.find(filter).sort(sort).await.map_err(store_error)?;
+    let docs: Vec<T> = cursor.try_collect().await.map_err(store_error)?;
+    Ok(docs.into_iter().map(Into::into).collect())
+}
+
+// ----- the store ------------------------------------------------------------
+
+/// A [`Store`] on a MongoDB-wire server.
+#[derive(Debug, Clone)]
+pub struct MongoStore {
+    db: Database,
+    orgs: Collection<OrgDoc>,
+    usage: Collection<UsageDoc>,
+    events: Collection<EventDoc>,
+    invoices: Collection<InvoiceDoc>,
+    calibrations: Collection<CalibrationDoc>,
+    notifications: Collection<NotificationDoc>,
+    tier_changes: Collection<TierChangeDoc>,
+}
+
+impl MongoStore {
+    /// Connects to `url`, checks the server answers, and ensures the indexes
+    /// exist (creating an existing index again is a no-op).
+    pub async fn connect(url: &str, database: &str) -> Result<Self, MongoStoreError> {
+        let mut options = ClientOptions::parse(url)
+            .await
+            .map_err(MongoStoreError::Options)?;
+        options.server_selection_timeout = Some(SERVER_TIMEOUT);
+        options.connect_timeout = Some(SERVER_TIMEOUT);
+        options.app_name = Some("dynabase".to_owned());
+        let client = Client::with_options(options).map_err(MongoStoreError::Options)?;
+        let db = client.database(database);
+        // The driver connects lazily; ping so an absent server is reported
+        // here, distinctly from index problems.
+        db.run_command(doc! { "ping": 1 })
+            .await
+            .map_err(MongoStoreError::Unreachable)?;
+
+        let store = Self {
+            orgs: db.collection(ORGANIZATIONS),
+            usage: db.collection(TENANT_USAGE),
+            events: db.collection(WEBHOOK_EVENTS),
+            invoices: db.collection(INVOICES),
+            calibrations: db.collection(CALIBRATIONS),
+            notifications: db.collection(NOTIFICATIONS),
+            tier_changes: db.collection(TIER_CHANGES),
+            db,
+        };
+        store.ensure_indexes().await?;
+        Ok(store)
+    }
+
+    /// The database this store uses (for administration and tests).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    async fn ensure_indexes(&self) -> Result<(), MongoStoreError> {
+        // `_id` is unique and indexed by the server; these serve the per-org
+        // lists and their sort orders.
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        let wrap =
+            |collection: &'static str| move |source| MongoStoreError::Index { collection, source };
+        self.usage
+            .create_indexes([index(doc! { "org": 1, "period": 1 })])
+            .await
+            .map_err(wrap(TENANT_USAGE))?;
+        self.invoices
+            .create_indexes([index(doc! { "org": 1 })])
+            .await
+            .map_err(wrap(INVOICES))?;
+        self.notifications
+            .create_indexes([index(doc! { "org": 1, "createdAt": 1 })])
+            .await
+            .map_err(wrap(NOTIFICATIONS))?;
+        self.tier_changes
+            .create_indexes([index(doc! { "org": 1, "at": 1 })])
+            .await
+            .map_err(wrap(TIER_CHANGES))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn create_org(&self, org: &Organization) -> Result<(), StoreError> {
+        match insert_keyed(&self.orgs, &OrgDoc::from(org)).await? {
+            Write::Applied => Ok(()),
+            Write::AlreadyApplied => Err(StoreError::Duplicate(org.id.clone())),
+        }
+    }
+
+    async fn get_org(&self, id: &OrgId) -> Result<Option<Organization>, StoreError> {
+        let found = self
+            .orgs
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(store_error)?;
+        Ok(found.map(Organization::from))
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        find_sorted(&self.orgs, doc! {}, doc! { "_id": 1 }).await
+    }
+
+    async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {
+        let result = self
+            .orgs
+            .replace_one(doc! { "_id": org.id.as_str() }, OrgDoc::from(org))
+            .await
+            .map_err(store_error)?;
+        if result.matched_count == 0 {
+            return Err(StoreError::NotFound(org.id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError> {
+        insert_keyed(&self.usage, &UsageDoc::from(record)).await
+    }
+
+    async fn usage_for_period(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        find_sorted(
+            &self.usage,
+            doc! { "org": org.as_str(), "period": period.as_str() },
+            doc! { "windowStart": 1, "_id": 1 },
+        )
+        .await
+    }
+
+    async fn mark_event_processed(&self, event: &ProcessedEvent) -> Result<Write, StoreError> {
+        let doc = EventDoc {
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            received_at: event.received_at.0,
+        };
+        insert_keyed(&self.events, &doc).await
+    }
+
+    async fn record_invoice(&self, invoice: &InvoiceRecord) -> Result<Write, StoreError> {
+        insert_keyed(&self.invoices, &InvoiceDoc::from(invoice)).await
+    }
+
+    async fn invoices_for_org(&self, org: &OrgId) -> Result<Vec<InvoiceRecord>, StoreError> {
+        find_sorted(
+            &self.invoices,
+            doc! { "org": org.as_str() },
+            doc! { "createdAt": 1, "seq": 1 },
+        )
+        .await
+    }
+
+    async fn record_calibration(&self, record: &CalibrationRecord) -> Result<Write, StoreError> {
+        insert_keyed(&self.calibrations, &CalibrationDoc::from(record)).await
+    }
+
+    async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {
+        // `_id` is the `YYYY-MM` period, so `_id` order is period order.
+        find_sorted(&self.calibrations, doc! {}, doc! { "_id": 1 }).await
+    }
+
+    async fn add_notification(&self, n: &Notification) -> Result<Write, StoreError> {
+        insert_keyed(&self.notifications, &NotificationDoc::from(n)).await
+    }
+
+    async fn notifications_for_org(&self, org: &OrgId) -> Result<Vec<Notification>, StoreError> {
+        find_sorted(
+            &self.notifications,
+            doc! { "org": org.as_str() },
+            doc! { "createdAt": 1, "seq": 1 },
+        )
+        .await
+    }
+
+    async fn append_tier_change(&self, change: &TierChange) -> Result<(), StoreError> {
+        self.tier_changes
+            .insert_one(TierChangeDoc::from(change))
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn tier_history(&self, org: &OrgId) -> Result<Vec<TierChange>, StoreError> {
+        find_sorted(
+            &self.tier_changes,
+            doc! { "org": org.as_str() },
+            doc! { "at": 1, "_id": 1 },
+        )
+        .await
+    }
+}

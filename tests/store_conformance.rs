@@ -1,0 +1,579 @@
+//! Store conformance: one suite of cases that every [`Store`] must pass.
+//!
+//! Each case uses its own organization ids (and periods, where the data is
+//! global) so cases never see each other's records. The suite runs against
+//! the embedded redb store in a temporary directory and against a real
+//! MongoDB-wire server (FerretDB in development), in a fresh database per run.
+//!
+//! `DYNABASE_TEST_MONGODB_URL` picks the server (default
+//! `mongodb://127.0.0.1:27017`). If it cannot be reached the Mongo test is
+//! skipped locally, but fails when `CI=true`.
+
+use std::{
+    future::Future,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use dynabase::adapters::store::{EmbeddedStore, MongoStore, MongoStoreError};
+use dynabase_actors::{
+    domain::records::{
+        CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
+        UsageRecord, Write,
+    },
+    OrgId, Organization, PendingTierChange, Store, StoreError, Tier, UnixMillis, Upstream,
+};
+use rust_decimal::Decimal;
+
+// ----- fixtures -------------------------------------------------------------
+
+fn id(s: &str) -> OrgId {
+    OrgId::parse(s).expect("test org id is valid")
+}
+
+fn period(s: &str) -> Period {
+    Period::parse(s).expect("test period is valid")
+}
+
+fn dec(s: &str) -> Decimal {
+    s.parse().expect("test decimal is valid")
+}
+
+fn org(org_id: &str) -> Organization {
+    Organization {
+        id: id(org_id),
+        name: format!("Org {org_id}"),
+        tier: Tier::Starter,
+        upstream: Upstream::parse("db.internal:5432").expect("valid upstream"),
+        stripe_customer_id: Some(format!("cus_{org_id}")),
+        stripe_subscription_id: Some(format!("sub_{org_id}")),
+        pending_tier_change: Some(PendingTierChange {
+            to: Tier::Free,
+            effective_at: UnixMillis(1_700_000_600_000),
+            reason: "downgrade requested".to_owned(),
+        }),
+        created_at: UnixMillis(1_700_000_000_000),
+        updated_at: UnixMillis(1_700_000_000_500),
+    }
+}
+
+fn usage(key: &str, org_id: &str, p: &str, window: i64, cycles: u64, vcpu: &str) -> UsageRecord {
+    UsageRecord {
+        key: key.to_owned(),
+        org: id(org_id),
+        database: "app".to_owned(),
+        period: period(p),
+        window_start: UnixMillis(window),
+        query_cycles: cycles,
+        duration_us: cycles * 10,
+        vcpu_hours: dec(vcpu),
+        gb_hours: dec("0.25"),
+    }
+}
+
+fn invoice(key: &str, org_id: &str, created: i64) -> InvoiceRecord {
+    InvoiceRecord {
+        key: key.to_owned(),
+        org: id(org_id),
+        period: period("2026-03"),
+        tier: Tier::Pro,
+        overage_vcpu_hours: dec("12.5"),
+        amount: dec("3.125"),
+        currency: "usd".to_owned(),
+        provider_item_id: Some(format!("ii_{key}")),
+        created_at: UnixMillis(created),
+    }
+}
+
+fn calibration(p: &str) -> CalibrationRecord {
+    CalibrationRecord {
+        period: period(p),
+        railway_bill: dec("123.45"),
+        estimated_vcpu_hours: dec("1000.5"),
+        default_rate: dec("0.10"),
+        actual_rate: dec("0.1233"),
+        variance: dec("0.0233"),
+        created_at: UnixMillis(1_700_000_000_000),
+    }
+}
+
+fn notification(key: &str, org_id: &str, created: i64) -> Notification {
+    Notification {
+        key: key.to_owned(),
+        org: id(org_id),
+        kind: "usage-warning".to_owned(),
+        message: format!("message {key}"),
+        created_at: UnixMillis(created),
+    }
+}
+
+fn tier_change(org_id: &str, from: Tier, to: Tier, at: i64, source: &str) -> TierChange {
+    TierChange {
+        org: id(org_id),
+        from,
+        to,
+        source: source.to_owned(),
+        reason: format!("because {source}"),
+        at: UnixMillis(at),
+    }
+}
+
+/// What the billing code does with usage: add it up.
+fn totals(records: &[UsageRecord]) -> (u64, Decimal) {
+    records.iter().fold((0, Decimal::ZERO), |(c, v), r| {
+        (c + r.query_cycles, v + r.vcpu_hours)
+    })
+}
+
+// ----- cases ----------------------------------------------------------------
+
+async fn case_org_round_trip(store: &dyn Store) {
+    let mut b = org("rt-b");
+    let a = org("rt-a");
+    // Created out of order to check that listing sorts by id.
+    store.create_org(&b).await.expect("create rt-b");
+    store.create_org(&a).await.expect("create rt-a");
+
+    let got = store.get_org(&a.id).await.expect("get rt-a");
+    assert_eq!(got.as_ref(), Some(&a), "all fields survive a round trip");
+
+    let all = store.list_orgs().await.expect("list");
+    let ids: Vec<&str> = all.iter().map(|o| o.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted, "orgs are listed by id");
+    let mine: Vec<&Organization> = all
+        .iter()
+        .filter(|o| o.id.as_str().starts_with("rt-"))
+        .collect();
+    assert_eq!(mine, vec![&a, &b]);
+
+    b.tier = Tier::Enterprise;
+    b.name = "Renamed".to_owned();
+    b.pending_tier_change = None;
+    b.stripe_customer_id = None;
+    b.stripe_subscription_id = Some("sub_new".to_owned());
+    b.upstream = Upstream::parse("[::1]:6543").expect("valid upstream");
+    b.updated_at = UnixMillis(1_800_000_000_000);
+    store.update_org(&b).await.expect("update rt-b");
+    assert_eq!(store.get_org(&b.id).await.expect("get rt-b"), Some(b));
+}
+
+async fn case_duplicate_create(store: &dyn Store) {
+    let original = org("dup");
+    store.create_org(&original).await.expect("first create");
+    let mut again = original.clone();
+    again.name = "Impostor".to_owned();
+    match store.create_org(&again).await {
+        Err(StoreError::Duplicate(dup)) => assert_eq!(dup, original.id),
+        other => panic!("expected Duplicate, got {other:?}"),
+    }
+    assert_eq!(
+        store.get_org(&original.id).await.expect("get"),
+        Some(original),
+        "a refused create leaves the stored org alone"
+    );
+}
+
+async fn case_update_missing(store: &dyn Store) {
+    let ghost = org("ghost-update");
+    match store.update_org(&ghost).await {
+        Err(StoreError::NotFound(missing)) => assert_eq!(missing, ghost.id),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(store.get_org(&ghost.id).await.expect("get"), None);
+}
+
+async fn case_get_missing(store: &dyn Store) {
+    assert_eq!(store.get_org(&id("nobody-here")).await.expect("get"), None);
+}
+
+async fn case_usage_is_idempotent(store: &dyn Store) {
+    let p = period("2026-04");
+    let first = usage("r1/use-a/1000/1", "use-a", "2026-04", 1_000, 40, "1.5");
+    let second = usage("r1/use-a/2000/1", "use-a", "2026-04", 2_000, 60, "2.25");
+    // Written out of window order to check the listing order.
+    assert_eq!(
+        store.record_usage(&second).await.expect("second"),
+        Write::Applied
+    );
+    assert_eq!(
+        store.record_usage(&first).await.expect("first"),
+        Write::Applied
+    );
+
+    let listed = store
+        .usage_for_period(&id("use-a"), &p)
+        .await
+        .expect("list");
+    assert_eq!(
+        listed,
+        vec![first.clone(), second.clone()],
+        "ordered by window"
+    );
+    assert_eq!(totals(&listed), (100, dec("3.75")));
+
+    // The acknowledgement of `first` was lost and the writer retries it.
+    assert_eq!(
+        store.record_usage(&first).await.expect("retry"),
+        Write::AlreadyApplied
+    );
+    // A retry that was re-measured differently still does not count twice.
+    let mut drifted = first.clone();
+    drifted.query_cycles = 999;
+    drifted.vcpu_hours = dec("9.9");
+    assert_eq!(
+        store.record_usage(&drifted).await.expect("drifted retry"),
+        Write::AlreadyApplied
+    );
+
+    let after = store
+        .usage_for_period(&id("use-a"), &p)
+        .await
+        .expect("list");
+    assert_eq!(totals(&after), (100, dec("3.75")), "no double counting");
+    assert_eq!(after, listed);
+}
+
+async fn case_usage_is_scoped(store: &dyn Store) {
+    let mine = usage("r1/scope-a/1", "scope-a", "2026-05", 1_000, 5, "0.5");
+    let other_org = usage("r1/scope-a2/1", "scope-a2", "2026-05", 1_000, 7, "0.7");
+    let other_period = usage("r1/scope-a/2", "scope-a", "2026-06", 1_000, 9, "0.9");
+    for r in [&mine, &other_org, &other_period] {
+        assert_eq!(store.record_usage(r).await.expect("record"), Write::Applied);
+    }
+    let listed = store
+        .usage_for_period(&id("scope-a"), &period("2026-05"))
+        .await
+        .expect("list");
+    assert_eq!(listed, vec![mine]);
+    let empty = store
+        .usage_for_period(&id("scope-none"), &period("2026-05"))
+        .await
+        .expect("list");
+    assert!(empty.is_empty());
+}
+
+async fn case_webhook_event_once(store: &dyn Store) {
+    let event = ProcessedEvent {
+        event_id: "evt_conformance_1".to_owned(),
+        event_type: "invoice.paid".to_owned(),
+        received_at: UnixMillis(1_700_000_000_000),
+    };
+    assert_eq!(
+        store.mark_event_processed(&event).await.expect("first"),
+        Write::Applied
+    );
+    assert_eq!(
+        store.mark_event_processed(&event).await.expect("second"),
+        Write::AlreadyApplied
+    );
+}
+
+async fn case_invoices_are_idempotent(store: &dyn Store) {
+    let late = invoice("inv-a-2", "inv-a", 2_000);
+    let early = invoice("inv-a-1", "inv-a", 1_000);
+    let foreign = invoice("inv-b-1", "inv-b", 1_500);
+    assert_eq!(
+        store.record_invoice(&late).await.expect("late"),
+        Write::Applied
+    );
+    assert_eq!(
+        store.record_invoice(&early).await.expect("early"),
+        Write::Applied
+    );
+    assert_eq!(
+        store.record_invoice(&foreign).await.expect("foreign"),
+        Write::Applied
+    );
+
+    let mut retried = early.clone();
+    retried.amount = dec("99");
+    assert_eq!(
+        store.record_invoice(&retried).await.expect("retry"),
+        Write::AlreadyApplied
+    );
+    let listed = store.invoices_for_org(&id("inv-a")).await.expect("list");
+    assert_eq!(
+        listed,
+        vec![early, late],
+        "per org, by created_at, first write wins"
+    );
+}
+
+async fn case_calibration_once_per_period(store: &dyn Store) {
+    let march = calibration("2025-03");
+    let january = calibration("2025-01");
+    assert_eq!(
+        store.record_calibration(&march).await.expect("march"),
+        Write::Applied
+    );
+    assert_eq!(
+        store.record_calibration(&january).await.expect("january"),
+        Write::Applied
+    );
+    let mut second_march = calibration("2025-03");
+    second_march.railway_bill = dec("1");
+    assert_eq!(
+        store
+            .record_calibration(&second_march)
+            .await
+            .expect("again"),
+        Write::AlreadyApplied
+    );
+
+    let all = store.calibrations().await.expect("list");
+    let periods: Vec<&str> = all.iter().map(|c| c.period.as_str()).collect();
+    let mut sorted = periods.clone();
+    sorted.sort_unstable();
+    assert_eq!(periods, sorted, "calibrations are listed by period");
+    let mine: Vec<&CalibrationRecord> = all
+        .iter()
+        .filter(|c| c.period.as_str().starts_with("2025-"))
+        .collect();
+    assert_eq!(mine, vec![&january, &march]);
+}
+
+async fn case_notifications_dedupe_per_org(store: &dyn Store) {
+    let late = notification("note-a-late", "note-a", 200);
+    let first = notification("note-a-1", "note-a", 100);
+    let second = notification("note-a-2", "note-a", 100);
+    let foreign = notification("note-b-1", "note-b", 50);
+    for n in [&late, &first, &second, &foreign] {
+        assert_eq!(
+            store.add_notification(n).await.expect("add"),
+            Write::Applied
+        );
+    }
+    let mut again = first.clone();
+    again.message = "changed".to_owned();
+    assert_eq!(
+        store.add_notification(&again).await.expect("again"),
+        Write::AlreadyApplied
+    );
+    let listed = store
+        .notifications_for_org(&id("note-a"))
+        .await
+        .expect("list");
+    assert_eq!(
+        listed,
+        vec![first, second, late],
+        "by created_at, then insertion order; other orgs excluded"
+    );
+}
+
+async fn case_tier_history_oldest_first(store: &dyn Store) {
+    let latest = tier_change("hist-a", Tier::Starter, Tier::Pro, 300, "admin");
+    let first = tier_change("hist-a", Tier::Free, Tier::Starter, 100, "stripe:evt_1");
+    let same_instant = tier_change("hist-a", Tier::Starter, Tier::Free, 100, "lifecycle");
+    let foreign = tier_change("hist-b", Tier::Free, Tier::Pro, 150, "admin");
+    for c in [&latest, &first, &same_instant, &foreign] {
+        store.append_tier_change(c).await.expect("append");
+    }
+    let history = store.tier_history(&id("hist-a")).await.expect("history");
+    assert_eq!(history, vec![first, same_instant, latest]);
+    assert!(store
+        .tier_history(&id("hist-none"))
+        .await
+        .expect("empty")
+        .is_empty());
+}
+
+/// Writes one of everything before the store is closed and opened again.
+async fn case_persist_write(store: &dyn Store) {
+    store.create_org(&org("keep")).await.expect("org");
+    store
+        .record_usage(&usage("keep/u1", "keep", "2026-07", 1_000, 11, "1.1"))
+        .await
+        .expect("usage");
+    store
+        .mark_event_processed(&ProcessedEvent {
+            event_id: "evt_keep".to_owned(),
+            event_type: "customer.updated".to_owned(),
+            received_at: UnixMillis(5),
+        })
+        .await
+        .expect("event");
+    store
+        .record_invoice(&invoice("keep-inv", "keep", 10))
+        .await
+        .expect("invoice");
+    store
+        .record_calibration(&calibration("2024-07"))
+        .await
+        .expect("calibration");
+    store
+        .add_notification(&notification("keep-note", "keep", 10))
+        .await
+        .expect("notification");
+    store
+        .append_tier_change(&tier_change("keep", Tier::Free, Tier::Pro, 10, "first"))
+        .await
+        .expect("tier change");
+}
+
+/// Checks, after reopening, that everything `case_persist_write` wrote is
+/// there and still deduplicates.
+async fn case_persist_check(store: &dyn Store) {
+    store.ping().await.expect("ping after reopen");
+    assert_eq!(
+        store.get_org(&id("keep")).await.expect("org"),
+        Some(org("keep"))
+    );
+    let used = store
+        .usage_for_period(&id("keep"), &period("2026-07"))
+        .await
+        .expect("usage");
+    assert_eq!(totals(&used), (11, dec("1.1")));
+    assert_eq!(
+        store
+            .record_usage(&usage("keep/u1", "keep", "2026-07", 1_000, 11, "1.1"))
+            .await
+            .expect("usage retry"),
+        Write::AlreadyApplied
+    );
+    let event = ProcessedEvent {
+        event_id: "evt_keep".to_owned(),
+        event_type: "customer.updated".to_owned(),
+        received_at: UnixMillis(5),
+    };
+    assert_eq!(
+        store.mark_event_processed(&event).await.expect("event"),
+        Write::AlreadyApplied
+    );
+    assert_eq!(
+        store.invoices_for_org(&id("keep")).await.expect("invoices"),
+        vec![invoice("keep-inv", "keep", 10)]
+    );
+    assert_eq!(
+        store
+            .record_calibration(&calibration("2024-07"))
+            .await
+            .expect("calibration"),
+        Write::AlreadyApplied
+    );
+    assert_eq!(
+        store
+            .add_notification(&notification("keep-note", "keep", 10))
+            .await
+            .expect("notification"),
+        Write::AlreadyApplied
+    );
+    // A change at the same instant after reopening still sorts after the old
+    // one: the tie-breaker survives the restart.
+    let second = tier_change("keep", Tier::Pro, Tier::Enterprise, 10, "second");
+    store
+        .append_tier_change(&second)
+        .await
+        .expect("tier change");
+    assert_eq!(
+        store.tier_history(&id("keep")).await.expect("history"),
+        vec![
+            tier_change("keep", Tier::Free, Tier::Pro, 10, "first"),
+            second
+        ]
+    );
+}
+
+/// Runs every case; `open` must return a store over the same data each time.
+async fn run_suite<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Box<dyn Store>>,
+{
+    let store = open().await;
+    store.ping().await.expect("ping");
+    case_org_round_trip(&*store).await;
+    case_duplicate_create(&*store).await;
+    case_update_missing(&*store).await;
+    case_get_missing(&*store).await;
+    case_usage_is_idempotent(&*store).await;
+    case_usage_is_scoped(&*store).await;
+    case_webhook_event_once(&*store).await;
+    case_invoices_are_idempotent(&*store).await;
+    case_calibration_once_per_period(&*store).await;
+    case_notifications_dedupe_per_org(&*store).await;
+    case_tier_history_oldest_first(&*store).await;
+    case_persist_write(&*store).await;
+    drop(store);
+
+    let reopened = open().await;
+    case_persist_check(&*reopened).await;
+}
+
+// ----- the stores -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A subdirectory that does not exist yet: `open` must create it.
+    let data = dir.path().join("data");
+    run_suite(|| {
+        let data = data.clone();
+        async move {
+            let store = EmbeddedStore::open(&data).expect("open embedded store");
+            Box::new(store) as Box<dyn Store>
+        }
+    })
+    .await;
+    assert!(data.join("dynabase.redb").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_store_conforms() {
+    let url = std::env::var("DYNABASE_TEST_MONGODB_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let database = format!("dynabase_test_{}_{nanos}", std::process::id());
+
+    let store = match MongoStore::connect(&url, &database).await {
+        Ok(store) => store,
+        Err(MongoStoreError::Unreachable(e)) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!(
+                    "CI requires the MongoDB-wire server at {url}; \
+                     run scripts/services.sh start ({e})"
+                );
+            }
+            eprintln!(
+                "SKIP mongo_store_conforms: no MongoDB-wire server at {url} ({e}); \
+                 run scripts/services.sh start"
+            );
+            return;
+        }
+        Err(e) => panic!("connecting to {url}: {e}"),
+    };
+    let admin = store.database().clone();
+    drop(store);
+    // The secondary indexes were created (the server keeps `_id` itself).
+    for (collection, expected) in [
+        ("tenantUsage", "org_1_period_1"),
+        ("invoices", "org_1"),
+        ("notifications", "org_1_createdAt_1"),
+        ("tierChanges", "org_1_at_1"),
+    ] {
+        let names = admin
+            .collection::<mongodb::bson::Document>(collection)
+            .list_index_names()
+            .await
+            .expect("list indexes");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{collection} lacks index {expected}: {names:?}"
+        );
+    }
+
+    run_suite(|| {
+        let (url, database) = (url.clone(), database.clone());
+        async move {
+            let store = MongoStore::connect(&url, &database)
+                .await
+                .expect("reconnect to MongoDB");
+            Box::new(store) as Box<dyn Store>
+        }
+    })
+    .await;
+
+    admin.drop().await.expect("drop test database");
+}
