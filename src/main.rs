@@ -33,14 +33,25 @@ fn main() -> ExitCode {
                 settings.http.port,
                 settings.proxy.host,
                 settings.proxy.port,
-                if settings.store.mongodb.is_some() { "mongodb" } else { "embedded" },
-                if settings.redis.is_some() { "configured" } else { "none" },
+                if settings.store.mongodb.is_some() {
+                    "mongodb"
+                } else {
+                    "embedded"
+                },
+                if settings.redis.is_some() {
+                    "configured"
+                } else {
+                    "none"
+                },
             );
             ExitCode::SUCCESS
         }
         Command::Org { command } => {
             init_tracing("warn");
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("dynabase: cannot start runtime: {e}");
@@ -63,7 +74,8 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -140,7 +152,10 @@ fn serve(mut settings: Settings, dev: bool) -> ExitCode {
 /// Resolves on SIGTERM (Railway's stop signal) or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),

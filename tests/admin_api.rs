@@ -151,7 +151,12 @@ async fn unknown_organizations_are_404() {
     let server = Server::start(dir.path(), &[]);
     let http = client();
     for path in ["/admin/orgs/nobody", "/admin/orgs/Not%20Valid"] {
-        let r = http.get(server.url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let r = http
+            .get(server.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "not_found");

@@ -85,12 +85,86 @@ fn configcheck_reports_every_problem_and_fails() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("proxy.listen_backlog: unknown key"), "{stderr}");
+    assert!(
+        stderr.contains("proxy.listen_backlog: unknown key"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("tiers.free.max_connections: must be at least 1, got -5"),
         "{stderr}"
     );
 
     let ok = command(dir.path()).arg("configcheck").output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[tokio::test]
+async fn serves_from_mongodb_and_checks_redis_when_configured() {
+    let Some(mongo) =
+        common::require_service("DYNABASE_TEST_MONGODB_URL", "mongodb://127.0.0.1:27017")
+    else {
+        return;
+    };
+    let Some(redis) = common::require_service("DYNABASE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("dynabase_serve_{}", std::process::id());
+    let env = [
+        ("MONGODB_URL", mongo.as_str()),
+        ("DYNABASE__STORE__MONGODB_DATABASE", database.as_str()),
+        ("REDIS_URL", redis.as_str()),
+    ];
+    let server = Server::start(dir.path(), &env);
+    let http = client();
+    let ready: Value = http
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["store_kind"], "mongodb");
+    assert_eq!(ready["redis"], "ok");
+
+    let created = http
+        .post(server.url("/admin/orgs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(r#"{"id":"mongo-org","name":"M","tier":"pro","upstream":"127.0.0.1:5432"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    drop(server);
+
+    // A second process on the same database sees it.
+    let again = Server::start(dir.path(), &env);
+    let org: Value = http
+        .get(again.url("/admin/orgs/mongo-org"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(org["tier"], "pro");
+}
+
+#[tokio::test]
+async fn ready_reports_an_unreachable_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("REDIS_URL", "redis://127.0.0.1:1")]);
+    let r = client().get(server.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["redis"], "unreachable");
+    assert_eq!(body["store"], "ok");
 }

@@ -87,6 +87,7 @@ impl Server {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("dynabase did not report its HTTP address within 30 s");
                 }
             }
@@ -116,7 +117,10 @@ impl Server {
     pub fn terminate(mut self, limit: Duration) -> Option<ExitStatus> {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(sent.map(|s| s.success()).unwrap_or(false), "kill -TERM failed");
+        assert!(
+            sent.map(|s| s.success()).unwrap_or(false),
+            "kill -TERM failed"
+        );
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -141,4 +145,30 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client")
+}
+
+/// The URL of a service that `scripts/services.sh start` provides, from
+/// `var` or `default`, if it answers a TCP connect. Under `CI=true` a missing
+/// service fails the test; elsewhere the test is skipped with a message.
+pub fn require_service(var: &str, default: &str) -> Option<String> {
+    let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    let hostport = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(&url)
+        .trim_end_matches('/')
+        .to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+        .unwrap_or(false);
+    if reachable {
+        return Some(url);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI requires {var} ({url}) to be reachable; run scripts/services.sh start");
+    }
+    eprintln!("SKIP: {var} ({url}) is not reachable; run scripts/services.sh start");
+    None
 }
