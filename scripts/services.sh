@@ -55,8 +55,11 @@ port_open() { # host port
     timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
 }
 
-pid_alive() { # pid
-    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null
+pid_alive() { # pid — alive and not a zombie
+    [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
+    local state
+    state="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null || true)"
+    [[ "$state" != Z && "$state" != X ]]
 }
 
 read_pidfile() { # file -> pid (or empty)
@@ -255,9 +258,11 @@ pg_psql_sock() { # psql over the unix socket (trust) as postgres
 }
 
 pg_tcp_check() {
-    PGPASSWORD=postgres PGCONNECT_TIMEOUT=3 "$PG_BIN/psql" -X -q -At \
+    local out
+    out="$(PGPASSWORD=postgres PGCONNECT_TIMEOUT=3 "$PG_BIN/psql" -X -q -At \
         "host=$HOST port=$PG_PORT user=postgres dbname=postgres sslmode=disable" \
-        -c 'select 1' 2>&1 | grep -qx 1
+        -c 'select 1' 2>&1)" || return 1
+    [[ "$out" == 1 ]]
 }
 
 pg_provision() {
@@ -340,6 +345,16 @@ $hint}"
     fi
 
     if [[ -z "$pid" ]]; then
+        if [[ -f "$PGDATA_DIR/postmaster.pid" ]]; then
+            # its pid is dead (or a zombie): stale lock file from a crash/kill -9.
+            # postgres still refuses to start if old backends hold its shared memory.
+            log "postgres: removing stale $PGDATA_DIR/postmaster.pid"
+            rm -f "$PGDATA_DIR/postmaster.pid"
+        fi
+        local sock_lock="$PG_SOCK_DIR/.s.PGSQL.$PG_PORT.lock"
+        if [[ -f "$sock_lock" ]] && ! pid_alive "$(read_pidfile "$sock_lock")"; then
+            rm -f "$sock_lock" "$PG_SOCK_DIR/.s.PGSQL.$PG_PORT"
+        fi
         log "postgres: starting on $HOST:$PG_PORT (data $PGDATA_DIR)"
         if ! as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t "$START_TIMEOUT" start \
                 >"$SD/pg-ctl.log" 2>&1 9>&-; then
@@ -349,7 +364,7 @@ $hint}"
         fi
     fi
 
-    if ! wait_until "$START_TIMEOUT" "$PG_BIN/pg_isready" -q -h "$PG_SOCK_DIR" -p "$PG_PORT"; then
+    if ! wait_until "$START_TIMEOUT" "$PG_BIN/pg_isready" -q -h "$PG_SOCK_DIR" -p "$PG_PORT" -U postgres -d postgres; then
         show_log_tail "$PG_LOG"
         die "postgres is not ready on socket $PG_SOCK_DIR port $PG_PORT"
     fi
@@ -611,8 +626,9 @@ ferretdb_works() { # binary
     [[ -x "$1" ]] || return 1
     local out
     out="$(timeout 20 "$1" --version 2>&1)" || return 1
-    grep -q 'version' <<<"$out" || return 1
-    timeout 20 "$1" --help 2>&1 | grep -q -- '--sqlite-url'
+    [[ "$out" == *version* ]] || return 1
+    out="$(timeout 20 "$1" --help 2>&1)" || return 1
+    [[ "$out" == *--sqlite-url* ]]
 }
 
 build_ferretdb() {
