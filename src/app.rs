@@ -3,10 +3,17 @@
 //! (settings, bound listeners, the metrics handle, the shutdown signal), so
 //! tests and `main` drive it the same way.
 
-use std::{future::Future, net::TcpListener, sync::Arc};
+use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
-use dynabase_actors::{supervisor::PlatformActors, Store};
+use actix::Addr;
+use dynabase_actors::{
+    domain::cycle::CycleEvent,
+    supervisor::PlatformActors,
+    usage_accumulator::{CycleBatch, UsageAccumulator},
+    Store,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     adapters::{
@@ -14,8 +21,22 @@ use crate::{
         store::{EmbeddedStore, EmbeddedStoreError, MongoStore, MongoStoreError},
     },
     http::{self, HttpState},
+    proxy::{
+        self, cancel::CancelKeys, cycle::CycleSink, sessions::SessionTable, tls::TlsError,
+        ProxyConfig, ProxyContext,
+    },
     settings::{Settings, StoreSettings},
 };
+
+/// Bound sockets the platform serves on (bound by the caller, so tests and
+/// `main` can use port 0 and learn the address first).
+pub struct Listeners {
+    pub http: TcpListener,
+    pub proxy: TcpListener,
+}
+
+/// Cycle events buffered between the proxy and the actors.
+const CYCLE_CHANNEL: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -25,8 +46,10 @@ pub enum AppError {
     Mongo(#[from] MongoStoreError),
     #[error(transparent)]
     Redis(#[from] RedisAdapterError),
-    #[error("http server: {0}")]
-    Http(#[from] std::io::Error),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("proxy TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error(
         "http.admin_token is empty: set DYNABASE_ADMIN_TOKEN, or run in development mode (`dynabase serve --dev`)"
     )]
@@ -49,12 +72,13 @@ pub async fn open_store(
     }
 }
 
-/// Runs the platform until `shutdown` resolves, then stops accepting and
-/// lets in-flight requests finish within `settings.shutdown_deadline`.
-/// Must be called inside an actix `System`.
+/// Runs the platform until `shutdown` resolves, then stops accepting,
+/// lets sessions and requests finish within `settings.shutdown_deadline`,
+/// and ends the sessions still open with 57P01. Must be called inside an
+/// actix `System` running on a multi-threaded tokio runtime.
 pub async fn run(
     settings: Settings,
-    http_listener: TcpListener,
+    listeners: Listeners,
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
@@ -66,8 +90,37 @@ pub async fn run(
         Some(r) => Some(RedisProbe::new(r.url.expose())?),
         None => None,
     };
+    let tls = match &settings.proxy.tls {
+        Some(files) => Some(proxy::tls::acceptor(&files.cert, &files.key)?),
+        None => None,
+    };
     let catalog = Arc::new(settings.catalog.clone());
     let actors = PlatformActors::start(store.clone(), catalog);
+    let sessions = Arc::new(SessionTable::default());
+
+    let (cycle_tx, cycle_rx) = mpsc::channel(CYCLE_CHANNEL);
+    tokio::spawn(forward_cycles(cycle_rx, actors.usage.clone()));
+    let proxy_ctx = Arc::new(ProxyContext {
+        config: ProxyConfig {
+            handshake_timeout: settings.proxy.handshake_timeout,
+            auth_timeout: settings.proxy.auth_timeout,
+            connect_timeout: settings.proxy.connect_timeout,
+            require_tls: settings.proxy.require_tls,
+            sni_domain: settings.proxy.sni_domain.clone(),
+        },
+        tls,
+        tenants: actors.tenants.clone(),
+        sessions: sessions.clone(),
+        cancel_keys: Arc::new(CancelKeys::default()),
+        cycles: CycleSink::new(cycle_tx),
+    });
+    listeners.proxy.set_nonblocking(true)?;
+    let proxy_listener = tokio::net::TcpListener::from_std(listeners.proxy)?;
+    let (stop_accepting, stopped) = oneshot::channel::<()>();
+    let proxy_task = tokio::spawn(proxy::run(proxy_listener, proxy_ctx, async {
+        let _ = stopped.await;
+    }));
+
     let state = HttpState {
         store,
         store_kind,
@@ -75,20 +128,47 @@ pub async fn run(
         admin_token: settings.http.admin_token.clone(),
         metrics,
         redis,
+        sessions: sessions.clone(),
     };
-    let server = http::serve(http_listener, state, settings.shutdown_deadline)?;
+    let server = http::serve(listeners.http, state, settings.shutdown_deadline)?;
     let handle = server.handle();
     let server_task = actix::spawn(server);
     tracing::info!(store = store_kind, "dynabase is serving");
 
     shutdown.await;
-    tracing::info!(deadline = ?settings.shutdown_deadline, "shutting down");
-    // Graceful stop waits for in-flight requests up to the server's
-    // shutdown timeout (the deadline); the outer timeout is a backstop.
-    let stopped = tokio::time::timeout(settings.shutdown_deadline, handle.stop(true)).await;
-    if stopped.is_err() {
-        tracing::warn!("shutdown deadline passed; stopping anyway");
+    let deadline = tokio::time::Instant::now() + settings.shutdown_deadline;
+    tracing::info!(deadline = ?settings.shutdown_deadline, sessions = sessions.len(), "shutting down");
+    let _ = stop_accepting.send(());
+    let _ = proxy_task.await;
+    // HTTP: graceful stop waits for in-flight requests up to the deadline.
+    let http_stopped = tokio::time::timeout_at(deadline, handle.stop(true));
+    let sessions_done = async {
+        while !sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (http_result, ()) = tokio::join!(http_stopped, sessions_done);
+    if http_result.is_err() {
+        tracing::warn!("HTTP requests still running at the deadline");
+    }
+    if !sessions.is_empty() {
+        tracing::info!(sessions = sessions.len(), "deadline reached; terminating sessions");
+        sessions.terminate_all();
+        let grace = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !sessions.is_empty() && tokio::time::Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     server_task.abort();
     Ok(())
+}
+
+/// Moves cycle events from the proxy's channel to the UsageAccumulator in
+/// batches, so the actor handles one message per batch, not per query.
+async fn forward_cycles(mut rx: mpsc::Receiver<CycleEvent>, usage: Addr<UsageAccumulator>) {
+    const BATCH: usize = 4096;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        usage.do_send(CycleBatch(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))));
+    }
 }

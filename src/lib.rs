@@ -9,4 +9,5 @@ pub mod cli;
 pub mod http;
 pub mod org_admin;
 pub mod org_cli;
+pub mod proxy;
 pub mod settings;

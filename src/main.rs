@@ -114,9 +114,21 @@ fn serve(mut settings: Settings, dev: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let proxy = match TcpListener::bind((settings.proxy.host.as_str(), settings.proxy.port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "dynabase: cannot listen on {}:{}: {e}",
+                settings.proxy.host, settings.proxy.port
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let proxy_addr = proxy.local_addr().map(|a| a.to_string()).unwrap_or_default();
     // These lines are the interface for people and scripts starting us.
     println!("dynabase: HTTP API listening on http://{http_addr}");
+    println!("dynabase: PostgreSQL proxy listening on {proxy_addr} (connect as user <role>.<organization>)");
     match &settings.store.mongodb {
         Some(_) => println!("dynabase: store: MongoDB"),
         None => println!(
@@ -135,8 +147,18 @@ fn serve(mut settings: Settings, dev: bool) -> ExitCode {
         );
     }
 
-    let system = actix::System::new();
-    let result = system.block_on(app::run(settings, http, metrics, shutdown_signal()));
+    // Actors run on the main thread's arbiter; proxy sessions are spawned
+    // onto the multi-threaded runtime underneath it.
+    let workers = settings.proxy.worker_threads;
+    let system = actix::System::with_tokio_rt(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the tokio runtime: {e}"))
+    });
+    let listeners = app::Listeners { http, proxy };
+    let result = system.block_on(app::run(settings, listeners, metrics, shutdown_signal()));
     match result {
         Ok(()) => {
             tracing::info!("stopped");

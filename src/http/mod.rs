@@ -4,6 +4,7 @@
 //! policy of their own.
 
 mod auth;
+mod connections;
 pub mod error;
 mod health;
 mod org_body;
@@ -15,7 +16,7 @@ use actix_web::{dev::Server, web, App, HttpServer};
 use dynabase_actors::{supervisor::PlatformActors, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::{adapters::redis::RedisProbe, settings::Secret};
+use crate::{adapters::redis::RedisProbe, proxy::sessions::SessionTable, settings::Secret};
 
 /// What every handler can reach.
 pub struct HttpState {
@@ -26,6 +27,7 @@ pub struct HttpState {
     pub admin_token: Secret,
     pub metrics: PrometheusHandle,
     pub redis: Option<RedisProbe>,
+    pub sessions: Arc<SessionTable>,
 }
 
 /// Registers every route.
@@ -36,7 +38,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(orgs::create)
         .service(orgs::list)
         .service(orgs::show)
-        .service(orgs::update);
+        .service(orgs::update)
+        .service(connections::for_org)
+        .service(connections::terminate);
 }
 
 /// Starts serving on `listener`; the caller stops it through the returned

@@ -24,6 +24,8 @@ pub enum ClientError {
     AuthTimeout,
     #[error("unsupported authentication method requested by the server")]
     UnsupportedAuth,
+    #[error("MD5 password authentication cannot pass through a user name of the form <role>.<organization>")]
+    Md5WithOrgInUserName,
     #[error("terminating connection due to administrator command")]
     AdminShutdown,
     #[error("protocol violation: {0}")]
@@ -38,6 +40,7 @@ impl ClientError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             ClientError::UnknownOrganization(_) | ClientError::NoOrganization => "28000",
+            ClientError::Md5WithOrgInUserName => "28000",
             ClientError::TlsRequired => "28000",
             ClientError::ConnectionLimit(_) => "53300",
             ClientError::UnsupportedProtocol { .. } | ClientError::ProtocolViolation(_) => "08P01",
@@ -58,6 +61,9 @@ impl ClientError {
                     None => "Close idle connections or use a connection pool.".to_owned(),
                 })
             }
+            ClientError::Md5WithOrgInUserName => Some(
+                "The MD5 hash covers the user name, so it cannot survive the proxy rewriting it. Use SCRAM-SHA-256 for this role (recommended), or connect over TLS with the host name <organization>.<domain> and the plain role name.".to_owned(),
+            ),
             ClientError::NoOrganization => {
                 Some("For example: psql \"host=... user=app.acme dbname=app\"".to_owned())
             }
@@ -92,6 +98,7 @@ impl ClientError {
             ClientError::UpstreamUnavailable { .. } => "upstream_unavailable",
             ClientError::AuthTimeout => "auth_timeout",
             ClientError::UnsupportedAuth => "unsupported_auth",
+            ClientError::Md5WithOrgInUserName => "md5_with_org_in_user_name",
             ClientError::AdminShutdown => "admin_shutdown",
             ClientError::ProtocolViolation(_) => "protocol_violation",
             ClientError::ShuttingDown => "shutting_down",

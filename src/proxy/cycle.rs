@@ -6,33 +6,12 @@
 //! batch up to `Sync`; pipelined batches queue up and each ReadyForQuery
 //! closes the oldest one.
 
-use std::{collections::{HashMap, VecDeque}, sync::Arc, time::{Duration, Instant}};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
 
-use dynabase_actors::OrgId;
-
-/// What kind of statement a cycle ran, for usage factors and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StatementKind {
-    Select,
-    Insert,
-    Update,
-    Delete,
-    Ddl,
-    Other,
-}
-
-impl StatementKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatementKind::Select => "select",
-            StatementKind::Insert => "insert",
-            StatementKind::Update => "update",
-            StatementKind::Delete => "delete",
-            StatementKind::Ddl => "ddl",
-            StatementKind::Other => "other",
-        }
-    }
-}
+pub use dynabase_actors::domain::cycle::{CycleEvent, SessionLabels, StatementKind};
 
 /// Classifies SQL text by its first keyword (after whitespace, comments and
 /// parentheses). `WITH` counts as a SELECT.
@@ -68,24 +47,6 @@ pub fn classify(sql: &[u8]) -> StatementKind {
     } else {
         StatementKind::Other
     }
-}
-
-/// Who a session belongs to; shared by all of its events.
-#[derive(Debug)]
-pub struct SessionLabels {
-    pub org: OrgId,
-    pub database: String,
-    /// The tier's `work_mem` in MB, for GB-hour estimates.
-    pub work_mem_mb: u32,
-}
-
-/// One finished query cycle.
-#[derive(Debug, Clone)]
-pub struct CycleEvent {
-    pub session: Arc<SessionLabels>,
-    pub kind: StatementKind,
-    pub started: Instant,
-    pub duration: Duration,
 }
 
 /// How many body bytes the client-side scanner keeps per message tag.
@@ -206,5 +167,24 @@ mod tests {
         let kinds: Vec<_> = (0..3).map(|_| t.ready_for_query(t0).unwrap().0).collect();
         assert_eq!(kinds, [StatementKind::Update, StatementKind::Update, StatementKind::Select]);
         assert!(t.ready_for_query(t0).is_none());
+    }
+}
+
+/// Where finished cycles go: a bounded channel to the actors. Recording
+/// never waits; when the channel is full the event is counted as dropped.
+#[derive(Debug, Clone)]
+pub struct CycleSink {
+    tx: tokio::sync::mpsc::Sender<CycleEvent>,
+}
+
+impl CycleSink {
+    pub fn new(tx: tokio::sync::mpsc::Sender<CycleEvent>) -> Self {
+        Self { tx }
+    }
+
+    pub fn record(&self, event: CycleEvent) {
+        if self.tx.try_send(event).is_err() {
+            metrics::counter!("dynabase_proxy_cycle_events_dropped_total").increment(1);
+        }
     }
 }

@@ -71,7 +71,21 @@ pub struct HttpSettings {
 pub struct ProxySettings {
     pub host: String,
     pub port: u16,
+    /// Threads of the multi-threaded runtime running sessions (≥ 1).
+    pub worker_threads: usize,
+    pub handshake_timeout: Duration,
     pub auth_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Certificate chain and key (PEM), when TLS is on.
+    pub tls: Option<TlsFiles>,
+    pub require_tls: bool,
+    pub sni_domain: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]

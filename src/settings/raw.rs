@@ -30,7 +30,14 @@ pub struct RawHttp {
 pub struct RawProxy {
     pub host: String,
     pub port: i64,
+    pub worker_threads: i64,
+    pub handshake_timeout: String,
     pub auth_timeout: String,
+    pub connect_timeout: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub require_tls: bool,
+    pub sni_domain: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use super::{
     raw::{NumberOrWord, RawFactor, RawSettings, RawTier},
     HttpSettings, MongoSettings, Problem, ProxySettings, RedisSettings, Secret, Settings,
-    StoreSettings, UsageSettings,
+    StoreSettings, TlsFiles, UsageSettings,
 };
 
 /// Accumulates problems; each check returns a usable placeholder on failure
@@ -176,10 +176,33 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         admin_token: Secret::new(raw.http.admin_token),
         dev_mode: raw.http.dev_mode,
     };
+    let tls = match (raw.proxy.tls_cert.is_empty(), raw.proxy.tls_key.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(TlsFiles {
+            cert: PathBuf::from(&raw.proxy.tls_cert),
+            key: PathBuf::from(&raw.proxy.tls_key),
+        }),
+        _ => {
+            c.fail("proxy.tls_cert", "tls_cert and tls_key must be set together");
+            None
+        }
+    };
+    if raw.proxy.require_tls && tls.is_none() {
+        c.fail("proxy.require_tls", "needs proxy.tls_cert and proxy.tls_key");
+    }
     let proxy = ProxySettings {
         host: raw.proxy.host,
         port: c.port("proxy.port", raw.proxy.port),
+        worker_threads: match c.count("proxy.worker_threads", raw.proxy.worker_threads, 0) {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n as usize,
+        },
+        handshake_timeout: c.positive_duration("proxy.handshake_timeout", &raw.proxy.handshake_timeout),
         auth_timeout: c.positive_duration("proxy.auth_timeout", &raw.proxy.auth_timeout),
+        connect_timeout: c.positive_duration("proxy.connect_timeout", &raw.proxy.connect_timeout),
+        tls,
+        require_tls: raw.proxy.require_tls,
+        sni_domain: (!raw.proxy.sni_domain.is_empty()).then(|| raw.proxy.sni_domain.clone()),
     };
     let mongodb = (!raw.store.mongodb_url.is_empty()).then(|| MongoSettings {
         url: Secret::new(raw.store.mongodb_url.clone()),

@@ -1,6 +1,7 @@
 //! Domain types shared by the actors, the store port and the adapters.
 
 pub mod catalog;
+pub mod cycle;
 pub mod org_id;
 pub mod organization;
 pub mod records;

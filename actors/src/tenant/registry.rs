@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use actix::{Addr, Supervisor};
+use actix::{Addr, Arbiter, ArbiterHandle, Supervisor};
 use dashmap::DashMap;
 
 use super::connection_actor::{ApplyOrganization, ConnectionActor};
@@ -26,19 +26,24 @@ pub struct TenantRegistry {
     actors: Arc<DashMap<OrgId, Addr<ConnectionActor>>>,
     store: Arc<dyn Store>,
     catalog: Arc<TierCatalog>,
+    /// Tenant actors run here, whichever thread asks for them.
+    arbiter: ArbiterHandle,
 }
 
 impl TenantRegistry {
+    /// Must be called inside an actix system: tenant actors will run on the
+    /// current arbiter.
     pub fn new(store: Arc<dyn Store>, catalog: Arc<TierCatalog>) -> Self {
         Self {
             actors: Arc::new(DashMap::new()),
             store,
             catalog,
+            arbiter: Arbiter::current(),
         }
     }
 
     /// The organization's actor, started on first use; `None` for an unknown
-    /// organization. Must be called from inside an actix system.
+    /// organization. May be called from any thread or runtime.
     pub async fn tenant(&self, id: &OrgId) -> Result<Option<Addr<ConnectionActor>>, RegistryError> {
         if let Some(addr) = self.actors.get(id) {
             if addr.connected() {
@@ -49,16 +54,17 @@ impl TenantRegistry {
             return Ok(None);
         };
         let catalog = self.catalog.clone();
+        let arbiter = &self.arbiter;
         // Two callers may race here; the entry API keeps exactly one actor.
         let addr = self
             .actors
             .entry(id.clone())
             .and_modify(|existing| {
                 if !existing.connected() {
-                    *existing = start(org.clone(), catalog.clone());
+                    *existing = start(arbiter, org.clone(), catalog.clone());
                 }
             })
-            .or_insert_with(|| start(org, catalog))
+            .or_insert_with(|| start(arbiter, org, catalog))
             .clone();
         Ok(Some(addr))
     }
@@ -80,6 +86,10 @@ impl TenantRegistry {
     }
 }
 
-fn start(org: Organization, catalog: Arc<TierCatalog>) -> Addr<ConnectionActor> {
-    Supervisor::start(move |_| ConnectionActor::new(org, catalog))
+fn start(
+    arbiter: &ArbiterHandle,
+    org: Organization,
+    catalog: Arc<TierCatalog>,
+) -> Addr<ConnectionActor> {
+    Supervisor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(org, catalog))
 }

@@ -1,0 +1,70 @@
+//! The PostgreSQL connection proxy.
+//!
+//! `codec/` frames the wire protocol and knows nothing of tenants;
+//! `handshake`, `upstream` and `relay` move bytes; `session` composes them
+//! with the policy of the tenant actors; `sessions` and `cancel` keep the
+//! live state the admin API and CancelRequests need.
+
+pub mod cancel;
+pub mod client_error;
+pub mod codec;
+pub mod cycle;
+pub mod handshake;
+pub mod identify;
+pub mod relay;
+pub mod session;
+pub mod sessions;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use dynabase_actors::tenant::TenantRegistry;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use self::{cancel::CancelKeys, cycle::CycleSink, sessions::SessionTable};
+
+/// Proxy timings and TLS policy, from configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub handshake_timeout: Duration,
+    pub auth_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub require_tls: bool,
+    /// `<org>.<sni_domain>` identifies the org from the TLS host name.
+    pub sni_domain: Option<String>,
+}
+
+/// Everything a session needs, shared by all sessions.
+pub struct ProxyContext {
+    pub config: ProxyConfig,
+    pub tls: Option<TlsAcceptor>,
+    pub tenants: TenantRegistry,
+    pub sessions: Arc<SessionTable>,
+    pub cancel_keys: Arc<CancelKeys>,
+    pub cycles: CycleSink,
+}
+
+/// Accepts connections until `shutdown` resolves. Sessions already running
+/// carry on; the caller ends them (see `SessionTable::terminate_all`).
+pub async fn run(listener: TcpListener, ctx: Arc<ProxyContext>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    tokio::spawn(session::serve(ctx.clone(), tcp, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!(sessions = ctx.sessions.len(), "proxy stopped accepting");
+}

@@ -1,0 +1,299 @@
+//! One client connection from accept to close: the opening handshake,
+//! identification, admission by the tenant actor, upstream authentication
+//! and the relay. Composition only: protocol lives in `codec`/`handshake`,
+//! policy in the tenant actor.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use actix::Addr;
+use dynabase_actors::{
+    domain::cycle::SessionLabels,
+    tenant::{Admission, Admit, ConnectionActor, Release},
+};
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::{
+    client_error::ClientError,
+    codec::startup::StartupMessage,
+    handshake::{self, HandshakeError, Opening},
+    identify::{identify, Identity},
+    relay::{relay, RelayEnd, RelayObserver},
+    sessions::SessionState,
+    stream::ClientStream,
+    upstream::{self, AuthError},
+    ProxyContext,
+};
+
+/// Parameters the proxy sets itself; a client's own values are replaced.
+const TIER_PARAMS: &[&str] = &["statement_timeout", "work_mem", "temp_buffers"];
+
+/// A connection slot taken from the tenant actor, returned on drop — on
+/// every way a session ends, including a panic of its task.
+struct Slot {
+    tenant: Addr<ConnectionActor>,
+    tier: &'static str,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.tenant.do_send(Release);
+        metrics::gauge!("dynabase_proxy_active_connections", "tier" => self.tier).decrement(1.0);
+    }
+}
+
+pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
+    let accepted = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let opened = tokio::time::timeout(
+        ctx.config.handshake_timeout,
+        handshake::open(tcp, ctx.tls.as_ref()),
+    )
+    .await;
+    match opened {
+        Err(_) => {
+            tracing::info!(%peer, "startup handshake timed out; connection dropped");
+            refused("handshake_timeout");
+        }
+        Ok(Err(HandshakeError::Refuse(stream, error))) => refuse(stream, &error).await,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "startup handshake failed; connection dropped");
+            refused("bad_handshake");
+        }
+        Ok(Ok(Opening::Cancel {
+            process_id,
+            secret_key,
+        })) => {
+            ctx.cancel_keys.cancel(process_id, secret_key).await;
+        }
+        Ok(Ok(Opening::Session { stream, startup })) => {
+            if let Err((stream, error)) = session(&ctx, stream, startup, peer, accepted).await {
+                refuse(stream, &error).await;
+            }
+        }
+    }
+}
+
+fn refused(reason: &'static str) {
+    metrics::counter!("dynabase_proxy_refusals_total", "reason" => reason).increment(1);
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(mut stream: W, error: &ClientError) {
+    refused(error.reason());
+    tracing::info!(sqlstate = error.sqlstate(), %error, "connection refused");
+    let mut out = Vec::with_capacity(256);
+    error.write_fatal(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// The session proper; a refusal comes back with the stream to send it on.
+async fn session(
+    ctx: &ProxyContext,
+    mut stream: ClientStream,
+    startup: StartupMessage,
+    peer: SocketAddr,
+    accepted: Instant,
+) -> Result<(), (ClientStream, ClientError)> {
+    if ctx.config.require_tls && !stream.is_tls() {
+        return Err((stream, ClientError::TlsRequired));
+    }
+    let user = startup.param("user").unwrap_or_default();
+    let identity = match identify(user, stream.sni(), ctx.config.sni_domain.as_deref()) {
+        Ok(id) => id,
+        Err(e) => return Err((stream, e)),
+    };
+    let tenant = match ctx.tenants.tenant(&identity.org).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err((stream, ClientError::UnknownOrganization(identity.org.to_string())))
+        }
+        Err(e) => {
+            tracing::error!(org = %identity.org, error = %e, "tenant lookup failed");
+            return Err((stream, ClientError::TenantServiceUnavailable));
+        }
+    };
+    let admission = match tenant.send(Admit).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(refusal)) => return Err((stream, ClientError::ConnectionLimit(refusal))),
+        Err(_) => return Err((stream, ClientError::TenantServiceUnavailable)),
+    };
+    let tier = admission.organization.tier.as_str();
+    metrics::counter!("dynabase_proxy_admissions_total", "tier" => tier).increment(1);
+    metrics::gauge!("dynabase_proxy_active_connections", "tier" => tier).increment(1.0);
+    let _slot = Slot { tenant, tier };
+
+    let database = match startup.param("database") {
+        // libpq defaults the database to the user name, here `<role>.<org>`.
+        Some(db) if !db.is_empty() && db != user => db.to_owned(),
+        _ => identity.role.clone(),
+    };
+    let registered = ctx.sessions.register(
+        identity.org.clone(),
+        admission.organization.tier,
+        peer,
+        database.clone(),
+        identity.role.clone(),
+    );
+    if startup.minor_version > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
+        let unsupported: Vec<&str> = startup
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut out = Vec::new();
+        super::codec::backend::negotiate_protocol_version(&mut out, &unsupported);
+        if stream.write_all(&out).await.is_err() {
+            return Ok(());
+        }
+    }
+
+    let params = upstream_params(&startup, &identity, &admission, &database);
+    let org_name = identity.org.to_string();
+    let authenticated = tokio::time::timeout(
+        ctx.config.auth_timeout,
+        upstream::authenticate(
+            &mut stream,
+            &admission.organization.upstream,
+            &params,
+            identity.role != user,
+            ctx.config.connect_timeout,
+            |target| ctx.cancel_keys.issue(target),
+            || ClientError::UpstreamUnavailable {
+                org: org_name.clone(),
+                database: database.clone(),
+            },
+        ),
+    )
+    .await;
+    let upstream = match authenticated {
+        Err(_) => return Err((stream, ClientError::AuthTimeout)),
+        Ok(Err(AuthError::Client(e))) => return Err((stream, e)),
+        Ok(Err(AuthError::Relayed)) => {
+            refused("upstream_auth");
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            tracing::info!(org = %identity.org, error = %e, "session ended during authentication");
+            return Ok(());
+        }
+        Ok(Ok(a)) => a,
+    };
+    metrics::histogram!("dynabase_proxy_handshake_seconds", "tier" => tier)
+        .record(accepted.elapsed().as_secs_f64());
+    registered.info.set_state(SessionState::Idle);
+
+    let observer = RelayObserver {
+        info: registered.info.clone(),
+        labels: Arc::new(SessionLabels {
+            org: identity.org.clone(),
+            database,
+            work_mem_mb: megabytes(&admission.limits.session.work_mem),
+        }),
+        sink: ctx.cycles.clone(),
+        cycles_total: metrics::counter!("dynabase_proxy_query_cycles_total", "tier" => tier),
+        cycle_seconds: metrics::histogram!("dynabase_proxy_query_cycle_seconds", "tier" => tier),
+    };
+    let mut server = upstream.server;
+    let (mut sr, mut sw) = server.split();
+    let end = match &mut stream {
+        ClientStream::Plain(tcp) => {
+            let (mut cr, mut cw) = tcp.split();
+            let end = relay(&mut cr, &mut cw, &mut sr, &mut sw, &observer).await;
+            finish(&end, &mut cw).await;
+            end
+        }
+        ClientStream::Tls(tls) => {
+            let (mut cr, mut cw) = tokio::io::split(tls.as_mut());
+            let end = relay(&mut cr, &mut cw, &mut sr, &mut sw, &observer).await;
+            finish(&end, &mut cw).await;
+            end
+        }
+    };
+    tracing::debug!(org = %identity.org, ?end, "session ended");
+    drop(upstream.key);
+    Ok(())
+}
+
+/// After an operator's termination, tell the client why when the stream is
+/// at a message boundary (otherwise just close).
+async fn finish<W: AsyncWrite + Unpin>(end: &RelayEnd, client: &mut W) {
+    if let RelayEnd::Terminated { at_boundary } = end {
+        if *at_boundary {
+            let mut out = Vec::new();
+            ClientError::AdminShutdown.write_fatal(&mut out);
+            let _ = client.write_all(&out).await;
+        }
+        let _ = client.shutdown().await;
+    }
+}
+
+/// The StartupMessage sent upstream: the client's parameters with the role
+/// in place of `<role>.<org>`, the tier's session settings, and an
+/// `application_name` naming org, tier and the client's own name.
+fn upstream_params(
+    startup: &StartupMessage,
+    identity: &Identity,
+    admission: &Admission,
+    database: &str,
+) -> Vec<(String, String)> {
+    let session = &admission.limits.session;
+    let client_app = startup.param("application_name").unwrap_or_default();
+    let mut params: Vec<(String, String)> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "user" | "database" | "application_name")
+                && !TIER_PARAMS.contains(&k.as_str())
+                && !k.starts_with("_pq_.")
+        })
+        .cloned()
+        .collect();
+    params.extend([
+        ("user".to_owned(), identity.role.clone()),
+        ("database".to_owned(), database.to_owned()),
+        (
+            "application_name".to_owned(),
+            format!(
+                "{}/{}/{}",
+                identity.org,
+                admission.organization.tier.as_str(),
+                client_app
+            ),
+        ),
+        ("statement_timeout".to_owned(), session.statement_timeout.clone()),
+        ("work_mem".to_owned(), session.work_mem.clone()),
+        ("temp_buffers".to_owned(), session.temp_buffers.clone()),
+    ]);
+    params
+}
+
+/// "64MB" → 64, "1GB" → 1024, "512kB" → 0 (rounded down), bare numbers are kB.
+fn megabytes(setting: &str) -> u32 {
+    let digits = setting.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = setting[..digits].parse().unwrap_or(0);
+    let mb = match setting[digits..].trim().to_ascii_lowercase().as_str() {
+        "gb" => n * 1024,
+        "mb" => n,
+        "tb" => n * 1024 * 1024,
+        _ => n / 1024,
+    };
+    u32::try_from(mb).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::megabytes;
+
+    #[test]
+    fn work_mem_settings_in_megabytes() {
+        assert_eq!(megabytes("4MB"), 4);
+        assert_eq!(megabytes("1GB"), 1024);
+        assert_eq!(megabytes("2048"), 2);
+        assert_eq!(megabytes("junk"), 0);
+    }
+}
