@@ -17,6 +17,8 @@ pub struct Server {
     pub child: Child,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// `127.0.0.1:PORT` of the PostgreSQL proxy.
+    pub proxy_addr: String,
     stdout: mpsc::Receiver<String>,
 }
 
@@ -72,15 +74,20 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut base = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("dynabase: HTTP API listening on ") {
-                        let base = rest.trim().to_owned();
+                        base = Some(rest.trim().to_owned());
+                    }
+                    if let Some(rest) = line.strip_prefix("dynabase: PostgreSQL proxy listening on ") {
+                        let proxy_addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
                         return Server {
                             child,
-                            base,
+                            base: base.take().expect("HTTP address is printed first"),
+                            proxy_addr,
                             stdout: rx,
                         };
                     }
@@ -92,6 +99,15 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Port of the PostgreSQL proxy.
+    pub fn proxy_port(&self) -> u16 {
+        self.proxy_addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("proxy port")
     }
 
     pub fn url(&self, path: &str) -> String {
