@@ -152,7 +152,10 @@ pub async fn run(
         tracing::warn!("HTTP requests still running at the deadline");
     }
     if !sessions.is_empty() {
-        tracing::info!(sessions = sessions.len(), "deadline reached; terminating sessions");
+        tracing::info!(
+            sessions = sessions.len(),
+            "deadline reached; terminating sessions"
+        );
         sessions.terminate_all();
         let grace = tokio::time::Instant::now() + Duration::from_secs(1);
         while !sessions.is_empty() && tokio::time::Instant::now() < grace {
@@ -169,6 +172,9 @@ async fn forward_cycles(mut rx: mpsc::Receiver<CycleEvent>, usage: Addr<UsageAcc
     const BATCH: usize = 4096;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        usage.do_send(CycleBatch(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))));
+        usage.do_send(CycleBatch(std::mem::replace(
+            &mut batch,
+            Vec::with_capacity(BATCH),
+        )));
     }
 }

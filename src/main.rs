@@ -125,7 +125,10 @@ fn serve(mut settings: Settings, dev: bool) -> ExitCode {
         }
     };
     let http_addr = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let proxy_addr = proxy.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let proxy_addr = proxy
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     // These lines are the interface for people and scripts starting us.
     println!("dynabase: HTTP API listening on http://{http_addr}");
     println!("dynabase: PostgreSQL proxy listening on {proxy_addr} (connect as user <role>.<organization>)");

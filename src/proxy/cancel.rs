@@ -76,7 +76,10 @@ impl CancelKeys {
         let sent = async {
             let mut stream = TcpStream::connect(addr).await?;
             stream
-                .write_all(&frontend::cancel_request(target.process_id, target.secret_key))
+                .write_all(&frontend::cancel_request(
+                    target.process_id,
+                    target.secret_key,
+                ))
                 .await?;
             stream.shutdown().await
         };

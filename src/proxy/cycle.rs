@@ -21,17 +21,26 @@ pub fn classify(sql: &[u8]) -> StatementKind {
         match s {
             [b' ' | b'\t' | b'\n' | b'\r' | b'(', rest @ ..] => s = rest,
             [b'-', b'-', rest @ ..] => {
-                let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+                let end = rest
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(rest.len(), |i| i + 1);
                 s = &rest[end..];
             }
             [b'/', b'*', rest @ ..] => {
-                let end = rest.windows(2).position(|w| w == b"*/").map_or(rest.len(), |i| i + 2);
+                let end = rest
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(rest.len(), |i| i + 2);
                 s = &rest[end..];
             }
             _ => break,
         }
     }
-    let word_len = s.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(s.len());
+    let word_len = s
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(s.len());
     let word = &s[..word_len];
     let is = |kw: &str| word.eq_ignore_ascii_case(kw.as_bytes());
     if is("select") || is("with") || is("values") || is("table") || is("show") {
@@ -42,7 +51,13 @@ pub fn classify(sql: &[u8]) -> StatementKind {
         StatementKind::Update
     } else if is("delete") || is("truncate") {
         StatementKind::Delete
-    } else if is("create") || is("alter") || is("drop") || is("comment") || is("grant") || is("revoke") {
+    } else if is("create")
+        || is("alter")
+        || is("drop")
+        || is("comment")
+        || is("grant")
+        || is("revoke")
+    {
         StatementKind::Ddl
     } else {
         StatementKind::Other
@@ -98,7 +113,11 @@ impl CycleTracker {
             b'B' => {
                 let (_portal, rest) = cstr(prefix);
                 let (statement, _) = cstr(rest);
-                let kind = self.statements.get(statement).copied().unwrap_or(StatementKind::Other);
+                let kind = self
+                    .statements
+                    .get(statement)
+                    .copied()
+                    .unwrap_or(StatementKind::Other);
                 self.batch_kind(now, kind);
             }
             b'E' | b'D' | b'C' | b'H' => {
@@ -140,7 +159,10 @@ mod tests {
     #[test]
     fn classifies_by_first_keyword() {
         assert_eq!(classify(b"  select 1"), StatementKind::Select);
-        assert_eq!(classify(b"/* hi */ -- x\nINSERT INTO t"), StatementKind::Insert);
+        assert_eq!(
+            classify(b"/* hi */ -- x\nINSERT INTO t"),
+            StatementKind::Insert
+        );
         assert_eq!(classify(b"(SELECT 1)"), StatementKind::Select);
         assert_eq!(classify(b"update t set"), StatementKind::Update);
         assert_eq!(classify(b"DELETE FROM t"), StatementKind::Delete);
@@ -165,7 +187,14 @@ mod tests {
         t.client_message(b'Q', b"select 1", t0);
         assert_eq!(t.in_flight(), 3);
         let kinds: Vec<_> = (0..3).map(|_| t.ready_for_query(t0).unwrap().0).collect();
-        assert_eq!(kinds, [StatementKind::Update, StatementKind::Update, StatementKind::Select]);
+        assert_eq!(
+            kinds,
+            [
+                StatementKind::Update,
+                StatementKind::Update,
+                StatementKind::Select
+            ]
+        );
         assert!(t.ready_for_query(t0).is_none());
     }
 }

@@ -15,8 +15,14 @@ use super::{
 
 /// What the client opened the connection for.
 pub enum Opening {
-    Cancel { process_id: i32, secret_key: i32 },
-    Session { stream: ClientStream, startup: StartupMessage },
+    Cancel {
+        process_id: i32,
+        secret_key: i32,
+    },
+    Session {
+        stream: ClientStream,
+        startup: StartupMessage,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,11 @@ pub struct Identity {
 }
 
 /// `user` from the StartupMessage, `sni` from TLS, `domain` from configuration.
-pub fn identify(user: &str, sni: Option<&str>, domain: Option<&str>) -> Result<Identity, ClientError> {
+pub fn identify(
+    user: &str,
+    sni: Option<&str>,
+    domain: Option<&str>,
+) -> Result<Identity, ClientError> {
     if let Some((role, org)) = user.rsplit_once('.') {
         if !role.is_empty() {
             if let Ok(org) = OrgId::parse(org) {
@@ -54,13 +58,25 @@ mod tests {
     fn sni_names_the_org_when_the_user_does_not() {
         let id = identify("app", Some("acme.db.example.com"), Some("db.example.com")).unwrap();
         assert_eq!((id.role.as_str(), id.org.as_str()), ("app", "acme"));
-        assert_eq!(identify("app", Some("acme.other.com"), Some("db.example.com")), Err(ClientError::NoOrganization));
+        assert_eq!(
+            identify("app", Some("acme.other.com"), Some("db.example.com")),
+            Err(ClientError::NoOrganization)
+        );
     }
 
     #[test]
     fn no_org_is_refused() {
-        assert_eq!(identify("app", None, None), Err(ClientError::NoOrganization));
-        assert_eq!(identify(".acme", None, None), Err(ClientError::UnknownOrganization("acme".into())));
-        assert_eq!(identify("app.Not_Valid", None, None), Err(ClientError::UnknownOrganization("Not_Valid".into())));
+        assert_eq!(
+            identify("app", None, None),
+            Err(ClientError::NoOrganization)
+        );
+        assert_eq!(
+            identify(".acme", None, None),
+            Err(ClientError::UnknownOrganization("acme".into()))
+        );
+        assert_eq!(
+            identify("app.Not_Valid", None, None),
+            Err(ClientError::UnknownOrganization("Not_Valid".into()))
+        );
     }
 }

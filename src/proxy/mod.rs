@@ -49,7 +49,11 @@ pub struct ProxyContext {
 
 /// Accepts connections until `shutdown` resolves. Sessions already running
 /// carry on; the caller ends them (see `SessionTable::terminate_all`).
-pub async fn run(listener: TcpListener, ctx: Arc<ProxyContext>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

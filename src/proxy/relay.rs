@@ -32,7 +32,9 @@ pub enum RelayEnd {
     ServerClosed,
     /// Ended by an operator or shutdown; `at_boundary` says whether the
     /// client stream is between messages (so an ErrorResponse may be sent).
-    Terminated { at_boundary: bool },
+    Terminated {
+        at_boundary: bool,
+    },
     ClientError(io::Error),
     ServerError(io::Error),
 }
@@ -98,7 +100,13 @@ where
     };
     let end = {
         let from_client = client_to_server(client_read, server_write, &tracker, observer);
-        let from_server = server_to_client(server_read, client_write, &mut server_side, &tracker, observer);
+        let from_server = server_to_client(
+            server_read,
+            client_write,
+            &mut server_side,
+            &tracker,
+            observer,
+        );
         tokio::select! {
             r = from_client => match r {
                 Ok(()) => RelayEnd::ClientClosed,

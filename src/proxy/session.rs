@@ -109,7 +109,10 @@ async fn session(
     let tenant = match ctx.tenants.tenant(&identity.org).await {
         Ok(Some(t)) => t,
         Ok(None) => {
-            return Err((stream, ClientError::UnknownOrganization(identity.org.to_string())))
+            return Err((
+                stream,
+                ClientError::UnknownOrganization(identity.org.to_string()),
+            ))
         }
         Err(e) => {
             tracing::error!(org = %identity.org, error = %e, "tenant lookup failed");
@@ -265,7 +268,10 @@ fn upstream_params(
                 client_app
             ),
         ),
-        ("statement_timeout".to_owned(), session.statement_timeout.clone()),
+        (
+            "statement_timeout".to_owned(),
+            session.statement_timeout.clone(),
+        ),
         ("work_mem".to_owned(), session.work_mem.clone()),
         ("temp_buffers".to_owned(), session.temp_buffers.clone()),
     ]);

@@ -74,8 +74,14 @@ pub async fn authenticate(
     };
     let _ = server.set_nodelay(true);
     let mut out = Vec::with_capacity(256);
-    frontend::startup_message(&mut out, params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    server.write_all(&out).await.map_err(|_| AuthError::Client(unavailable()))?;
+    frontend::startup_message(
+        &mut out,
+        params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    server
+        .write_all(&out)
+        .await
+        .map_err(|_| AuthError::Client(unavailable()))?;
 
     let mut to_client = Vec::with_capacity(512);
     let mut issue_key = Some(issue_key);
@@ -150,7 +156,9 @@ pub async fn authenticate(
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut Vec<u8>) -> Result<(), AuthError> {
-    w.write_all(buf).await.map_err(|e| AuthError::ClientIo(e.into()))?;
+    w.write_all(buf)
+        .await
+        .map_err(|e| AuthError::ClientIo(e.into()))?;
     w.flush().await.map_err(|e| AuthError::ClientIo(e.into()))?;
     buf.clear();
     Ok(())

@@ -183,12 +183,18 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
             key: PathBuf::from(&raw.proxy.tls_key),
         }),
         _ => {
-            c.fail("proxy.tls_cert", "tls_cert and tls_key must be set together");
+            c.fail(
+                "proxy.tls_cert",
+                "tls_cert and tls_key must be set together",
+            );
             None
         }
     };
     if raw.proxy.require_tls && tls.is_none() {
-        c.fail("proxy.require_tls", "needs proxy.tls_cert and proxy.tls_key");
+        c.fail(
+            "proxy.require_tls",
+            "needs proxy.tls_cert and proxy.tls_key",
+        );
     }
     let proxy = ProxySettings {
         host: raw.proxy.host,
@@ -197,7 +203,8 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n as usize,
         },
-        handshake_timeout: c.positive_duration("proxy.handshake_timeout", &raw.proxy.handshake_timeout),
+        handshake_timeout: c
+            .positive_duration("proxy.handshake_timeout", &raw.proxy.handshake_timeout),
         auth_timeout: c.positive_duration("proxy.auth_timeout", &raw.proxy.auth_timeout),
         connect_timeout: c.positive_duration("proxy.connect_timeout", &raw.proxy.connect_timeout),
         tls,

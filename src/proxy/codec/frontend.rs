@@ -1,7 +1,10 @@
 //! Frontend (client → server) messages the proxy writes to the upstream.
 
 /// A protocol 3.0 `StartupMessage` with `params` in order.
-pub fn startup_message<'a>(out: &mut Vec<u8>, params: impl IntoIterator<Item = (&'a str, &'a str)>) {
+pub fn startup_message<'a>(
+    out: &mut Vec<u8>,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&196_608u32.to_be_bytes());
@@ -45,7 +48,10 @@ mod tests {
         let cancel = cancel_request(1, 2);
         assert_eq!(
             parse(&cancel[4..]).unwrap(),
-            StartupPacket::Cancel { process_id: 1, secret_key: 2 }
+            StartupPacket::Cancel {
+                process_id: 1,
+                secret_key: 2
+            }
         );
     }
 }

@@ -57,6 +57,10 @@ pub async fn read_message<R: AsyncRead + Unpin>(
 /// Appends a whole message (tag, body) to `out`.
 pub fn write_message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.push(tag);
-    out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(body.len() + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(body);
 }

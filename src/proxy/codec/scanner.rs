@@ -57,11 +57,16 @@ impl Scanner {
 
     /// Walks `chunk`, calling `on_start` once per message as soon as its
     /// header and wanted prefix are known.
-    pub fn scan(&mut self, mut chunk: &[u8], mut on_start: impl FnMut(MessageStart<'_>)) -> Result<(), CodecError> {
+    pub fn scan(
+        &mut self,
+        mut chunk: &[u8],
+        mut on_start: impl FnMut(MessageStart<'_>),
+    ) -> Result<(), CodecError> {
         while !chunk.is_empty() {
             if self.prefix_want > self.prefix_len {
                 let take = (self.prefix_want - self.prefix_len).min(chunk.len());
-                self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&chunk[..take]);
+                self.prefix[self.prefix_len..self.prefix_len + take]
+                    .copy_from_slice(&chunk[..take]);
                 self.prefix_len += take;
                 self.remaining -= take;
                 chunk = &chunk[take..];
@@ -82,7 +87,8 @@ impl Scanner {
                 chunk = &chunk[5..];
             } else {
                 let take = (5 - self.header_len).min(chunk.len());
-                self.header[self.header_len..self.header_len + take].copy_from_slice(&chunk[..take]);
+                self.header[self.header_len..self.header_len + take]
+                    .copy_from_slice(&chunk[..take]);
                 self.header_len += take;
                 chunk = &chunk[take..];
                 if self.header_len < 5 {
@@ -90,14 +96,21 @@ impl Scanner {
                 }
             }
             self.header_len = 0;
-            let len = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+            let len = u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]);
             if len < 4 {
                 return Err(CodecError::BadMessageLength(len));
             }
             self.body_len = len as usize - 4;
             self.remaining = self.body_len;
             self.prefix_len = 0;
-            self.prefix_want = (self.prefix_len_for)(self.header[0]).min(MAX_PREFIX).min(self.body_len);
+            self.prefix_want = (self.prefix_len_for)(self.header[0])
+                .min(MAX_PREFIX)
+                .min(self.body_len);
             // Fast path: the whole prefix is in this chunk; no copy needed.
             if chunk.len() >= self.prefix_want {
                 let want = self.prefix_want;
@@ -138,7 +151,8 @@ mod tests {
         let mut s = Scanner::new(|tag| if tag == b'Q' { 8 } else { 1 });
         let mut seen = Vec::new();
         for chunk in stream.chunks(piece) {
-            s.scan(chunk, |m| seen.push((m.tag, m.body_len, m.prefix.to_vec()))).unwrap();
+            s.scan(chunk, |m| seen.push((m.tag, m.body_len, m.prefix.to_vec())))
+                .unwrap();
         }
         assert!(s.at_boundary());
         seen

@@ -17,10 +17,16 @@ pub const MAX_STARTUP_LEN: u32 = 10_000;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { process_id: i32, secret_key: i32 },
+    Cancel {
+        process_id: i32,
+        secret_key: i32,
+    },
     Startup(StartupMessage),
     /// A startup message for a protocol major version other than 3.
-    UnsupportedVersion { major: u16, minor: u16 },
+    UnsupportedVersion {
+        major: u16,
+        minor: u16,
+    },
 }
 
 /// A StartupMessage: protocol version and parameters in the client's order.
@@ -69,9 +75,12 @@ pub fn parse(body: &[u8]) -> Result<StartupPacket, CodecError> {
         GSSENC_REQUEST => Ok(StartupPacket::GssEncRequest),
         CANCEL_REQUEST => {
             if rest.len() != 8 {
-                return Err(CodecError::MalformedStartup("cancel request must be 16 bytes"));
+                return Err(CodecError::MalformedStartup(
+                    "cancel request must be 16 bytes",
+                ));
             }
-            let word = |i: usize| i32::from_be_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+            let word =
+                |i: usize| i32::from_be_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
             Ok(StartupPacket::Cancel {
                 process_id: word(0),
                 secret_key: word(4),
@@ -108,7 +117,8 @@ fn cstr(b: &[u8]) -> Result<(&str, &[u8]), CodecError> {
         .iter()
         .position(|&c| c == 0)
         .ok_or(CodecError::MalformedStartup("unterminated string"))?;
-    let s = std::str::from_utf8(&b[..nul]).map_err(|_| CodecError::MalformedStartup("not UTF-8"))?;
+    let s =
+        std::str::from_utf8(&b[..nul]).map_err(|_| CodecError::MalformedStartup("not UTF-8"))?;
     Ok((s, &b[nul + 1..]))
 }
 
@@ -130,16 +140,27 @@ mod tests {
 
     #[test]
     fn parses_each_kind_of_opening_packet() {
-        assert_eq!(parse(&SSL_REQUEST.to_be_bytes()).unwrap(), StartupPacket::SslRequest);
-        assert_eq!(parse(&GSSENC_REQUEST.to_be_bytes()).unwrap(), StartupPacket::GssEncRequest);
+        assert_eq!(
+            parse(&SSL_REQUEST.to_be_bytes()).unwrap(),
+            StartupPacket::SslRequest
+        );
+        assert_eq!(
+            parse(&GSSENC_REQUEST.to_be_bytes()).unwrap(),
+            StartupPacket::GssEncRequest
+        );
         let mut cancel = CANCEL_REQUEST.to_be_bytes().to_vec();
         cancel.extend_from_slice(&7i32.to_be_bytes());
         cancel.extend_from_slice(&(-9i32).to_be_bytes());
         assert_eq!(
             parse(&cancel).unwrap(),
-            StartupPacket::Cancel { process_id: 7, secret_key: -9 }
+            StartupPacket::Cancel {
+                process_id: 7,
+                secret_key: -9
+            }
         );
-        let StartupPacket::Startup(m) = parse(&startup_body(&[("user", "app.acme"), ("database", "db")])).unwrap() else {
+        let StartupPacket::Startup(m) =
+            parse(&startup_body(&[("user", "app.acme"), ("database", "db")])).unwrap()
+        else {
             panic!("startup expected")
         };
         assert_eq!(m.param("user"), Some("app.acme"));
