@@ -82,8 +82,14 @@ impl Server {
                     if let Some(rest) = line.strip_prefix("dynabase: HTTP API listening on ") {
                         base = Some(rest.trim().to_owned());
                     }
-                    if let Some(rest) = line.strip_prefix("dynabase: PostgreSQL proxy listening on ") {
-                        let proxy_addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    if let Some(rest) =
+                        line.strip_prefix("dynabase: PostgreSQL proxy listening on ")
+                    {
+                        let proxy_addr = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
                         return Server {
                             child,
                             base: base.take().expect("HTTP address is printed first"),
