@@ -105,6 +105,7 @@ pub async fn run(
             handshake_timeout: settings.proxy.handshake_timeout,
             auth_timeout: settings.proxy.auth_timeout,
             connect_timeout: settings.proxy.connect_timeout,
+            max_queue_delay: settings.limits.max_queue_delay,
             require_tls: settings.proxy.require_tls,
             sni_domain: settings.proxy.sni_domain.clone(),
         },

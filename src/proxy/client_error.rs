@@ -2,7 +2,7 @@
 //! clients, each with its SQLSTATE. Anything else a client sees comes from
 //! PostgreSQL unchanged.
 
-use dynabase_actors::tenant::ConnectionRefusal;
+use dynabase_actors::tenant::{ConnectionRefusal, RateRefusal};
 
 use super::codec::backend::{self, ErrorFields, Severity};
 
@@ -105,4 +105,27 @@ impl ClientError {
             ClientError::TenantServiceUnavailable => "tenant_service_unavailable",
         }
     }
+}
+
+/// The ERROR 53400 a refused query cycle gets; the session stays usable.
+pub fn rate_limited(refusal: &RateRefusal) -> Box<[u8]> {
+    let message = refusal.to_string();
+    let detail = format!("Retry after {} ms.", refusal.retry_after.as_millis().max(1));
+    let hint = match refusal.next {
+        Some((tier, Some(qps))) => format!("Upgrade to tier {tier} for {qps} queries/s."),
+        Some((tier, None)) => format!("Upgrade to tier {tier} for unlimited queries/s."),
+        None => "Spread queries over time or batch them.".to_owned(),
+    };
+    let mut out = Vec::with_capacity(256);
+    backend::error_response(
+        &mut out,
+        &ErrorFields {
+            severity: Severity::Error,
+            code: "53400",
+            message: &message,
+            detail: Some(&detail),
+            hint: Some(&hint),
+        },
+    );
+    out.into_boxed_slice()
 }

@@ -80,10 +80,21 @@ pub fn server_prefix_len(tag: u8) -> usize {
 /// Most prepared statement names remembered per session.
 const MAX_STATEMENTS: usize = 4096;
 
+/// A cycle the server has yet to answer, or a refused one whose answer the
+/// proxy gives in its turn.
+#[derive(Debug)]
+enum Pending {
+    Cycle(Instant, StatementKind),
+    /// An ErrorResponse to send, followed by a ReadyForQuery.
+    Refused(Box<[u8]>),
+}
+
 /// Per-session cycle bookkeeping, fed by both relay directions.
 #[derive(Debug, Default)]
 pub struct CycleTracker {
-    pending: VecDeque<(Instant, StatementKind)>,
+    pending: VecDeque<Pending>,
+    /// Real cycles in `pending` (refusals excluded).
+    cycles_in_flight: usize,
     batch: Option<(Instant, StatementKind)>,
     statements: HashMap<Box<[u8]>, StatementKind>,
 }
@@ -99,8 +110,8 @@ impl CycleTracker {
     /// A client message started (`prefix` holds the start of its body).
     pub fn client_message(&mut self, tag: u8, prefix: &[u8], now: Instant) {
         match tag {
-            b'Q' => self.pending.push_back((now, classify(prefix))),
-            b'F' => self.pending.push_back((now, StatementKind::Other)),
+            b'Q' => self.push_cycle(now, classify(prefix)),
+            b'F' => self.push_cycle(now, StatementKind::Other),
             b'P' => {
                 let (name, query) = cstr(prefix);
                 let kind = classify(query);
@@ -124,8 +135,8 @@ impl CycleTracker {
                 self.batch.get_or_insert((now, StatementKind::Other));
             }
             b'S' => {
-                let cycle = self.batch.take().unwrap_or((now, StatementKind::Other));
-                self.pending.push_back(cycle);
+                let (started, kind) = self.batch.take().unwrap_or((now, StatementKind::Other));
+                self.push_cycle(started, kind);
             }
             _ => {}
         }
@@ -140,15 +151,51 @@ impl CycleTracker {
         }
     }
 
+    fn push_cycle(&mut self, started: Instant, kind: StatementKind) {
+        self.pending.push_back(Pending::Cycle(started, kind));
+        self.cycles_in_flight += 1;
+    }
+
+    /// A refused cycle: its ErrorResponse goes out after the answers to the
+    /// cycles sent before it. Returns true when none are pending, so the
+    /// caller must have it sent now (see [`Self::take_refusals`]).
+    pub fn refused(&mut self, error_response: Box<[u8]>) -> bool {
+        let first = self.pending.is_empty();
+        self.pending.push_back(Pending::Refused(error_response));
+        first
+    }
+
     /// The server sent ReadyForQuery: the oldest pending cycle is done.
     pub fn ready_for_query(&mut self, now: Instant) -> Option<(StatementKind, Instant, Duration)> {
-        let (started, kind) = self.pending.pop_front()?;
+        match self.pending.front() {
+            Some(Pending::Cycle(..)) => {}
+            _ => return None,
+        }
+        let Some(Pending::Cycle(started, kind)) = self.pending.pop_front() else {
+            return None;
+        };
+        self.cycles_in_flight -= 1;
         Some((kind, started, now.saturating_duration_since(started)))
     }
 
-    /// Cycles sent but not yet answered.
+    /// Appends the answers to refused cycles now at the front of the queue
+    /// (each an ErrorResponse and a ReadyForQuery with `status`). Returns
+    /// whether anything was appended.
+    pub fn take_refusals(&mut self, out: &mut Vec<u8>, status: u8) -> bool {
+        let mut any = false;
+        while let Some(Pending::Refused(_)) = self.pending.front() {
+            if let Some(Pending::Refused(error)) = self.pending.pop_front() {
+                out.extend_from_slice(&error);
+                super::codec::backend::ready_for_query(out, status);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Cycles sent upstream but not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.cycles_in_flight
     }
 }
 

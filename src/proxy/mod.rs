@@ -32,6 +32,8 @@ pub struct ProxyConfig {
     pub handshake_timeout: Duration,
     pub auth_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long a query cycle may wait for rate-limit quota before refusal.
+    pub max_queue_delay: Duration,
     pub require_tls: bool,
     /// `<org>.<sni_domain>` identifies the org from the TLS host name.
     pub sni_domain: Option<String>,

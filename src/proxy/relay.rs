@@ -1,23 +1,37 @@
-//! The relay: bytes flow both ways unchanged while the scanners follow the
-//! message boundaries, so query cycles are counted and timed without
+//! The relay: bytes flow both ways while the scanners follow the message
+//! boundaries, so query cycles are counted, timed and rate-limited without
 //! buffering results.
 //!
 //! Each direction has its own loop so neither can stall the other (a client
 //! streaming COPY data while the server sends notices must not deadlock).
 //! Buffers start small and grow only while data flows, so idle sessions cost
 //! little memory.
+//!
+//! Rate limiting happens on the client side at the first message of each
+//! cycle: the cycle waits (up to the queue delay) or is refused. A refused
+//! cycle's messages are dropped up to its Sync and the proxy answers with an
+//! ErrorResponse and a ReadyForQuery carrying the server's real transaction
+//! status, in the cycle's turn, so pipelining clients stay in step.
 
 use std::{
     io,
+    ops::Range,
     sync::{Arc, Mutex, PoisonError},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use dynabase_actors::domain::cycle::{CycleEvent, SessionLabels};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use dynabase_actors::{
+    domain::cycle::{CycleEvent, SessionLabels},
+    tenant::{GateVerdict, SharedGate},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::Notify,
+};
 
 use super::{
-    codec::scanner::Scanner,
+    client_error::rate_limited,
+    codec::scanner::{Piece, Scanner, MAX_PREFIX},
     cycle::{client_prefix_len, server_prefix_len, CycleSink, CycleTracker},
     sessions::{SessionInfo, SessionState},
 };
@@ -39,13 +53,18 @@ pub enum RelayEnd {
     ServerError(io::Error),
 }
 
-/// What the relay reports to.
+/// What the relay reports to and asks.
 pub struct RelayObserver {
     pub info: Arc<SessionInfo>,
     pub labels: Arc<SessionLabels>,
     pub sink: CycleSink,
+    pub gate: SharedGate,
+    pub max_queue_delay: Duration,
     pub cycles_total: metrics::Counter,
     pub cycle_seconds: metrics::Histogram,
+    pub delayed_total: metrics::Counter,
+    pub refused_total: metrics::Counter,
+    pub decision_seconds: metrics::Histogram,
 }
 
 /// A read buffer that grows while reads fill it and shrinks when idle.
@@ -69,23 +88,35 @@ impl AdaptiveBuf {
     }
 }
 
+/// State shared by the two directions of one session (same task).
+struct Shared {
+    tracker: Mutex<CycleTracker>,
+    /// The client side queued a refusal with nothing in flight before it.
+    refusal_ready: Notify,
+}
+
 /// The server side's state, inspected after the relay ends.
 struct ServerSide {
     scanner: Scanner,
     /// A write to the client was interrupted part-way.
     writing: bool,
+    /// Transaction status of the last ReadyForQuery.
+    status: u8,
 }
 
 fn codec_to_io(e: super::codec::CodecError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// Relays until either side closes or the session is terminated.
+/// `status` is the transaction status of the handshake's ReadyForQuery.
 pub async fn relay<CR, CW, SR, SW>(
     client_read: &mut CR,
     client_write: &mut CW,
     server_read: &mut SR,
     server_write: &mut SW,
     observer: &RelayObserver,
+    status: u8,
 ) -> RelayEnd
 where
     CR: AsyncRead + Unpin,
@@ -93,18 +124,22 @@ where
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
-    let tracker = Mutex::new(CycleTracker::default());
+    let shared = Shared {
+        tracker: Mutex::new(CycleTracker::default()),
+        refusal_ready: Notify::new(),
+    };
     let mut server_side = ServerSide {
         scanner: Scanner::new(server_prefix_len),
         writing: false,
+        status,
     };
     let end = {
-        let from_client = client_to_server(client_read, server_write, &tracker, observer);
+        let from_client = client_to_server(client_read, server_write, &shared, observer);
         let from_server = server_to_client(
             server_read,
             client_write,
             &mut server_side,
-            &tracker,
+            &shared,
             observer,
         );
         tokio::select! {
@@ -135,10 +170,35 @@ enum Side {
     Server(io::Error),
 }
 
+/// One step of forwarding a client chunk, decided after the walk.
+enum Step {
+    Header {
+        tag: u8,
+        bytes: [u8; 5],
+    },
+    Body(Range<usize>),
+    Prefix {
+        tag: u8,
+        len: usize,
+        bytes: [u8; MAX_PREFIX],
+    },
+}
+
+/// Client-side cycle state across chunks.
+#[derive(Default)]
+struct ClientSide {
+    /// Inside an extended-protocol batch (since its first message, until Sync).
+    in_batch: bool,
+    /// Dropping the messages of a refused batch until its Sync.
+    dropping: Option<Box<[u8]>>,
+    /// Whether the current message is forwarded.
+    keep: bool,
+}
+
 async fn client_to_server<R, W>(
     client: &mut R,
     server: &mut W,
-    tracker: &Mutex<CycleTracker>,
+    shared: &Shared,
     observer: &RelayObserver,
 ) -> Result<(), Side>
 where
@@ -147,31 +207,164 @@ where
 {
     let mut scanner = Scanner::new(client_prefix_len);
     let mut buf = AdaptiveBuf::new();
+    let mut steps: Vec<Step> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut state = ClientSide {
+        keep: true,
+        ..ClientSide::default()
+    };
     loop {
         let n = buf.read_from(client).await.map_err(Side::Client)?;
         if n == 0 {
             return Ok(());
         }
-        let now = Instant::now();
-        {
-            let mut t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
-            scanner
-                .scan(&buf.0, |m| t.client_message(m.tag, m.prefix, now))
-                .map_err(|e| Side::Client(codec_to_io(e)))?;
-            if t.in_flight() > 0 {
-                observer.info.set_state(SessionState::Active);
+        let chunk = &buf.0[..];
+        let base = chunk.as_ptr() as usize;
+        scanner
+            .walk(chunk, |piece| match piece {
+                Piece::Header { tag, bytes, .. } => steps.push(Step::Header { tag, bytes }),
+                Piece::Body(b) => {
+                    let start = b.as_ptr() as usize - base;
+                    steps.push(Step::Body(start..start + b.len()));
+                }
+                Piece::Prefix(m) if !m.prefix.is_empty() => {
+                    let mut bytes = [0u8; MAX_PREFIX];
+                    bytes[..m.prefix.len()].copy_from_slice(m.prefix);
+                    steps.push(Step::Prefix {
+                        tag: m.tag,
+                        len: m.prefix.len(),
+                        bytes,
+                    });
+                }
+                Piece::Prefix(m) => steps.push(Step::Prefix {
+                    tag: m.tag,
+                    len: 0,
+                    bytes: [0u8; MAX_PREFIX],
+                }),
+            })
+            .map_err(|e| Side::Client(codec_to_io(e)))?;
+
+        for step in steps.drain(..) {
+            match step {
+                Step::Header { tag, bytes } => {
+                    if starts_cycle(tag, &mut state) {
+                        // Messages already allowed go out before any wait.
+                        flush(server, &mut out).await?;
+                        state.keep = admit(observer)
+                            .await
+                            .map_err(|refusal| {
+                                if tag == b'Q' || tag == b'F' {
+                                    refuse(shared, refusal);
+                                } else {
+                                    state.dropping = Some(refusal);
+                                }
+                            })
+                            .is_ok();
+                    } else if state.dropping.is_none() {
+                        state.keep = true;
+                    }
+                    if tag == b'S' {
+                        state.in_batch = false;
+                        if let Some(refusal) = state.dropping.take() {
+                            refuse(shared, refusal);
+                            state.keep = false;
+                        }
+                    }
+                    if state.keep {
+                        out.extend_from_slice(&bytes);
+                    }
+                }
+                Step::Body(range) => {
+                    if state.keep {
+                        out.extend_from_slice(&chunk[range]);
+                    }
+                }
+                Step::Prefix { tag, len, bytes } => {
+                    if state.keep {
+                        let mut t = shared
+                            .tracker
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        t.client_message(tag, &bytes[..len], Instant::now());
+                        if t.in_flight() > 0 {
+                            observer.info.set_state(SessionState::Active);
+                        }
+                    }
+                }
             }
         }
-        server.write_all(&buf.0).await.map_err(Side::Server)?;
-        server.flush().await.map_err(Side::Server)?;
+        flush(server, &mut out).await?;
     }
+}
+
+/// Whether a message with `tag` starts a new query cycle; tracks batches.
+fn starts_cycle(tag: u8, state: &mut ClientSide) -> bool {
+    match tag {
+        b'Q' | b'F' => true,
+        b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => !std::mem::replace(&mut state.in_batch, true),
+        _ => false,
+    }
+}
+
+/// Asks the gate; waits when that fits in the queue delay. `Err` carries
+/// the ErrorResponse for a refused cycle.
+async fn admit(observer: &RelayObserver) -> Result<(), Box<[u8]>> {
+    let deadline = Instant::now() + observer.max_queue_delay;
+    let mut waited = false;
+    loop {
+        let gate = observer.gate.load();
+        if gate.is_unlimited() {
+            return Ok(());
+        }
+        let decided = Instant::now();
+        let verdict = gate.check();
+        observer
+            .decision_seconds
+            .record(decided.elapsed().as_secs_f64());
+        match verdict {
+            GateVerdict::Go => {
+                if waited {
+                    observer.delayed_total.increment(1);
+                }
+                return Ok(());
+            }
+            GateVerdict::Wait(wait) if Instant::now() + wait <= deadline => {
+                waited = true;
+                tokio::time::sleep(wait).await;
+            }
+            GateVerdict::Wait(wait) => {
+                observer.refused_total.increment(1);
+                return Err(rate_limited(&gate.refusal(wait)));
+            }
+        }
+    }
+}
+
+fn refuse(shared: &Shared, error_response: Box<[u8]>) {
+    let first = shared
+        .tracker
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .refused(error_response);
+    if first {
+        shared.refusal_ready.notify_one();
+    }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(server: &mut W, out: &mut Vec<u8>) -> Result<(), Side> {
+    if !out.is_empty() {
+        server.write_all(out).await.map_err(Side::Server)?;
+        server.flush().await.map_err(Side::Server)?;
+        out.clear();
+    }
+    Ok(())
 }
 
 async fn server_to_client<R, W>(
     server: &mut R,
     client: &mut W,
     side: &mut ServerSide,
-    tracker: &Mutex<CycleTracker>,
+    shared: &Shared,
     observer: &RelayObserver,
 ) -> Result<(), Side>
 where
@@ -179,39 +372,90 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = AdaptiveBuf::new();
+    // Refusal answers to splice in after a ReadyForQuery: (offset, bytes).
+    let mut splices: Vec<(usize, Vec<u8>)> = Vec::new();
     loop {
-        let n = buf.read_from(server).await.map_err(Side::Server)?;
+        // Refusals first: one queued with nothing in flight was queued before
+        // any later cycle reached the server, so it must reach the client
+        // before that cycle's answer.
+        let n = tokio::select! {
+            biased;
+            () = shared.refusal_ready.notified() => {
+                let mut answers = Vec::new();
+                shared
+                    .tracker
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take_refusals(&mut answers, side.status);
+                if !answers.is_empty() {
+                    write(client, side, &answers).await?;
+                }
+                continue;
+            }
+            n = buf.read_from(server) => n.map_err(Side::Server)?,
+        };
         if n == 0 {
             return Ok(());
         }
         let now = Instant::now();
+        let chunk = &buf.0[..];
+        let base = chunk.as_ptr() as usize;
+        let mut z_end = 0;
         {
-            let mut t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut t = shared
+                .tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             side.scanner
-                .scan(&buf.0, |m| {
-                    if m.tag != b'Z' {
-                        return;
+                .walk(chunk, |piece| match piece {
+                    Piece::Body(b) => z_end = b.as_ptr() as usize - base + b.len(),
+                    Piece::Prefix(m) if m.tag == b'Z' => {
+                        side.status = m.prefix.first().copied().unwrap_or(b'I');
+                        if let Some((kind, started, duration)) = t.ready_for_query(now) {
+                            observer.info.add_cycle();
+                            observer.cycles_total.increment(1);
+                            observer.cycle_seconds.record(duration.as_secs_f64());
+                            observer.sink.record(CycleEvent {
+                                session: observer.labels.clone(),
+                                kind,
+                                started,
+                                duration,
+                            });
+                        }
+                        let mut answers = Vec::new();
+                        if t.take_refusals(&mut answers, side.status) {
+                            splices.push((z_end, answers));
+                        }
                     }
-                    if let Some((kind, started, duration)) = t.ready_for_query(now) {
-                        observer.info.add_cycle();
-                        observer.cycles_total.increment(1);
-                        observer.cycle_seconds.record(duration.as_secs_f64());
-                        observer.sink.record(CycleEvent {
-                            session: observer.labels.clone(),
-                            kind,
-                            started,
-                            duration,
-                        });
-                    }
+                    _ => {}
                 })
                 .map_err(|e| Side::Server(codec_to_io(e)))?;
             if t.in_flight() == 0 {
                 observer.info.set_state(SessionState::Idle);
             }
         }
-        side.writing = true;
-        client.write_all(&buf.0).await.map_err(Side::Client)?;
-        client.flush().await.map_err(Side::Client)?;
-        side.writing = false;
+        if splices.is_empty() {
+            write(client, side, chunk).await?;
+        } else {
+            let mut from = 0;
+            for (at, answers) in splices.drain(..) {
+                write(client, side, &chunk[from..at]).await?;
+                write(client, side, &answers).await?;
+                from = at;
+            }
+            write(client, side, &chunk[from..]).await?;
+        }
     }
+}
+
+async fn write<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    side: &mut ServerSide,
+    bytes: &[u8],
+) -> Result<(), Side> {
+    side.writing = true;
+    client.write_all(bytes).await.map_err(Side::Client)?;
+    client.flush().await.map_err(Side::Client)?;
+    side.writing = false;
+    Ok(())
 }

@@ -198,21 +198,42 @@ async fn session(
             work_mem_mb: megabytes(&admission.limits.session.work_mem),
         }),
         sink: ctx.cycles.clone(),
+        gate: admission.gate.clone(),
+        max_queue_delay: ctx.config.max_queue_delay,
         cycles_total: metrics::counter!("dynabase_proxy_query_cycles_total", "tier" => tier),
         cycle_seconds: metrics::histogram!("dynabase_proxy_query_cycle_seconds", "tier" => tier),
+        delayed_total: metrics::counter!("dynabase_rate_limit_delayed_total", "tier" => tier),
+        refused_total: metrics::counter!("dynabase_rate_limit_refused_total", "tier" => tier),
+        decision_seconds: metrics::histogram!("dynabase_rate_limit_decision_seconds"),
     };
     let mut server = upstream.server;
     let (mut sr, mut sw) = server.split();
     let end = match &mut stream {
         ClientStream::Plain(tcp) => {
             let (mut cr, mut cw) = tcp.split();
-            let end = relay(&mut cr, &mut cw, &mut sr, &mut sw, &observer).await;
+            let end = relay(
+                &mut cr,
+                &mut cw,
+                &mut sr,
+                &mut sw,
+                &observer,
+                upstream.status,
+            )
+            .await;
             finish(&end, &mut cw).await;
             end
         }
         ClientStream::Tls(tls) => {
             let (mut cr, mut cw) = tokio::io::split(tls.as_mut());
-            let end = relay(&mut cr, &mut cw, &mut sr, &mut sw, &observer).await;
+            let end = relay(
+                &mut cr,
+                &mut cw,
+                &mut sr,
+                &mut sw,
+                &observer,
+                upstream.status,
+            )
+            .await;
             finish(&end, &mut cw).await;
             end
         }

@@ -33,6 +33,8 @@ const AUTH_SASL_FINAL: i32 = 12;
 pub struct Authenticated {
     pub server: TcpStream,
     pub key: Option<IssuedKey>,
+    /// Transaction status of the first ReadyForQuery.
+    pub status: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +150,11 @@ pub async fn authenticate(
             b'Z' => {
                 write_message(&mut to_client, tag, &body);
                 send(client, &mut to_client).await?;
-                return Ok(Authenticated { server, key });
+                return Ok(Authenticated {
+                    server,
+                    key,
+                    status: body.first().copied().unwrap_or(b'I'),
+                });
             }
             _ => write_message(&mut to_client, tag, &body),
         }

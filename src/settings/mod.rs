@@ -48,6 +48,7 @@ fn list(problems: &[Problem]) -> String {
 pub struct Settings {
     pub http: HttpSettings,
     pub proxy: ProxySettings,
+    pub limits: LimitSettings,
     pub store: StoreSettings,
     /// `None` runs on in-process state.
     pub redis: Option<RedisSettings>,
@@ -86,6 +87,11 @@ pub struct ProxySettings {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    pub max_queue_delay: Duration,
 }
 
 #[derive(Debug, Clone)]

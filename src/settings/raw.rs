@@ -9,6 +9,7 @@ use serde::Deserialize;
 pub struct RawSettings {
     pub http: RawHttp,
     pub proxy: RawProxy,
+    pub limits: RawLimits,
     pub store: RawStore,
     pub redis: RawRedis,
     pub shutdown: RawShutdown,
@@ -38,6 +39,11 @@ pub struct RawProxy {
     pub tls_key: String,
     pub require_tls: bool,
     pub sni_domain: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLimits {
+    pub max_queue_delay: String,
 }
 
 #[derive(Debug, Deserialize)]

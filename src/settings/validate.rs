@@ -10,8 +10,8 @@ use rust_decimal::Decimal;
 
 use super::{
     raw::{NumberOrWord, RawFactor, RawSettings, RawTier},
-    HttpSettings, MongoSettings, Problem, ProxySettings, RedisSettings, Secret, Settings,
-    StoreSettings, TlsFiles, UsageSettings,
+    HttpSettings, LimitSettings, MongoSettings, Problem, ProxySettings, RedisSettings, Secret,
+    Settings, StoreSettings, TlsFiles, UsageSettings,
 };
 
 /// Accumulates problems; each check returns a usable placeholder on failure
@@ -288,6 +288,9 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
     let settings = Settings {
         http,
         proxy,
+        limits: LimitSettings {
+            max_queue_delay: c.duration("limits.max_queue_delay", &raw.limits.max_queue_delay),
+        },
         store: StoreSettings {
             data_dir: PathBuf::from(raw.store.data_dir),
             mongodb,

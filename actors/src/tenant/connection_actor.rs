@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, MessageResult, Supervised};
+use arc_swap::ArcSwap;
 
+use super::query_gate::{QueryGate, SharedGate};
 use crate::domain::{
     catalog::{TierCatalog, TierLimits},
     organization::Organization,
@@ -19,10 +21,12 @@ use crate::domain::{
 pub struct Admit;
 
 /// A granted slot; give it back with [`Release`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Admission {
     pub organization: Organization,
     pub limits: TierLimits,
+    /// The organization's query-rate gate; replaced in place on tier changes.
+    pub gate: SharedGate,
 }
 
 /// Why a connection was refused.
@@ -68,6 +72,7 @@ pub struct TenantSnapshot {
 pub struct ConnectionActor {
     organization: Organization,
     catalog: Arc<TierCatalog>,
+    gate: SharedGate,
     active_connections: u32,
     admitted_total: u64,
     refused_total: u64,
@@ -75,9 +80,11 @@ pub struct ConnectionActor {
 
 impl ConnectionActor {
     pub fn new(organization: Organization, catalog: Arc<TierCatalog>) -> Self {
+        let gate = Arc::new(ArcSwap::from_pointee(gate_for(&organization, &catalog)));
         Self {
             organization,
             catalog,
+            gate,
             active_connections: 0,
             admitted_total: 0,
             refused_total: 0,
@@ -87,6 +94,14 @@ impl ConnectionActor {
     fn limits(&self) -> &TierLimits {
         self.catalog.get(self.organization.tier)
     }
+}
+
+fn gate_for(org: &Organization, catalog: &TierCatalog) -> QueryGate {
+    QueryGate::new(
+        org.id.clone(),
+        catalog.get(org.tier),
+        org.tier.next().map(|t| catalog.get(t)),
+    )
 }
 
 impl Actor for ConnectionActor {
@@ -122,6 +137,7 @@ impl Handler<Admit> for ConnectionActor {
         Ok(Admission {
             organization: self.organization.clone(),
             limits,
+            gate: self.gate.clone(),
         })
     }
 }
@@ -136,7 +152,13 @@ impl Handler<Release> for ConnectionActor {
 impl Handler<ApplyOrganization> for ConnectionActor {
     type Result = ();
     fn handle(&mut self, msg: ApplyOrganization, _: &mut Context<Self>) {
+        let tier_changed = msg.0.tier != self.organization.tier;
         self.organization = msg.0;
+        if tier_changed {
+            // Live sessions pick the new gate up on their next cycle.
+            self.gate
+                .store(Arc::new(gate_for(&self.organization, &self.catalog)));
+        }
     }
 }
 

@@ -3,10 +3,12 @@
 //! counters.
 
 pub mod connection_actor;
+pub mod query_gate;
 pub mod registry;
 
 pub use connection_actor::{
     Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release, Snapshot,
     TenantSnapshot,
 };
+pub use query_gate::{GateVerdict, QueryGate, RateRefusal, SharedGate};
 pub use registry::{RegistryError, TenantRegistry};

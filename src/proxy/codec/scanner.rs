@@ -59,26 +59,42 @@ impl Scanner {
     /// header and wanted prefix are known.
     pub fn scan(
         &mut self,
-        mut chunk: &[u8],
+        chunk: &[u8],
         mut on_start: impl FnMut(MessageStart<'_>),
     ) -> Result<(), CodecError> {
-        while !chunk.is_empty() {
-            if self.prefix_want > self.prefix_len {
-                let take = (self.prefix_want - self.prefix_len).min(chunk.len());
-                self.prefix[self.prefix_len..self.prefix_len + take]
-                    .copy_from_slice(&chunk[..take]);
-                self.prefix_len += take;
-                self.remaining -= take;
-                chunk = &chunk[take..];
-                if self.prefix_len == self.prefix_want {
-                    self.emit(&mut on_start);
-                }
-                continue;
+        self.walk(chunk, |piece| {
+            if let Piece::Prefix(m) = piece {
+                on_start(m)
             }
+        })
+    }
+
+    /// Walks `chunk`, reporting every byte as part of a [`Piece`], in stream
+    /// order: each message's `Header` (once all 5 bytes are in), its `Body`
+    /// segments, and its `Prefix` after the body segment that completes it.
+    /// Re-emitting the `Header` and `Body` bytes reproduces the stream, so a
+    /// caller can drop whole messages.
+    pub fn walk(
+        &mut self,
+        mut chunk: &[u8],
+        mut on: impl FnMut(Piece<'_>),
+    ) -> Result<(), CodecError> {
+        while !chunk.is_empty() {
             if self.remaining > 0 {
-                let skip = self.remaining.min(chunk.len());
-                self.remaining -= skip;
-                chunk = &chunk[skip..];
+                let take = self.remaining.min(chunk.len());
+                let (body, rest) = chunk.split_at(take);
+                self.remaining -= take;
+                chunk = rest;
+                on(Piece::Body(body));
+                if self.prefix_want > self.prefix_len {
+                    let more = (self.prefix_want - self.prefix_len).min(take);
+                    self.prefix[self.prefix_len..self.prefix_len + more]
+                        .copy_from_slice(&body[..more]);
+                    self.prefix_len += more;
+                    if self.prefix_len == self.prefix_want {
+                        self.emit(&mut on);
+                    }
+                }
                 continue;
             }
             // Fast path: a whole header in the chunk.
@@ -111,29 +127,56 @@ impl Scanner {
             self.prefix_want = (self.prefix_len_for)(self.header[0])
                 .min(MAX_PREFIX)
                 .min(self.body_len);
-            // Fast path: the whole prefix is in this chunk; no copy needed.
-            if chunk.len() >= self.prefix_want {
+            on(Piece::Header {
+                tag: self.header[0],
+                body_len: self.body_len,
+                bytes: self.header,
+            });
+            if self.prefix_want == 0 {
+                self.emit(&mut on);
+            } else if chunk.len() >= self.prefix_want {
+                // Fast path: the whole prefix is in this chunk; no copy needed.
+                let take = self.remaining.min(chunk.len());
+                let (body, rest) = chunk.split_at(take);
+                self.remaining -= take;
+                chunk = rest;
+                on(Piece::Body(body));
                 let want = self.prefix_want;
                 self.prefix_want = 0;
-                on_start(MessageStart {
+                on(Piece::Prefix(MessageStart {
                     tag: self.header[0],
                     body_len: self.body_len,
-                    prefix: &chunk[..want],
-                });
+                    prefix: &body[..want],
+                }));
             }
         }
         Ok(())
     }
 
-    fn emit(&mut self, on_start: &mut impl FnMut(MessageStart<'_>)) {
-        on_start(MessageStart {
+    fn emit(&mut self, on: &mut impl FnMut(Piece<'_>)) {
+        on(Piece::Prefix(MessageStart {
             tag: self.header[0],
             body_len: self.body_len,
             prefix: &self.prefix[..self.prefix_len],
-        });
+        }));
         self.prefix_want = 0;
         self.prefix_len = 0;
     }
+}
+
+/// A piece of the stream, as [`Scanner::walk`] reports it.
+#[derive(Debug)]
+pub enum Piece<'a> {
+    /// A message's header is complete.
+    Header {
+        tag: u8,
+        body_len: usize,
+        bytes: [u8; 5],
+    },
+    /// Body bytes of the current message.
+    Body(&'a [u8]),
+    /// The wanted prefix of the current message is known.
+    Prefix(MessageStart<'a>),
 }
 
 #[cfg(test)]
@@ -171,6 +214,40 @@ mod tests {
         assert_eq!(whole[3], (b'S', 0, Vec::new()));
         for piece in 1..20 {
             assert_eq!(scan_in_pieces(&stream, piece), whole, "piece size {piece}");
+        }
+    }
+
+    #[test]
+    fn walking_reproduces_the_stream_and_can_drop_messages() {
+        let mut stream = msg(b'P', b"s\0select 1\0\0\0");
+        stream.extend(msg(b'S', b""));
+        stream.extend(msg(b'Q', b"drop me\0"));
+        stream.extend(msg(b'X', b""));
+        for piece in 1..stream.len() + 1 {
+            let mut s = Scanner::new(|_| 4);
+            let (mut all, mut kept) = (Vec::new(), Vec::new());
+            let mut keep = true;
+            for chunk in stream.chunks(piece) {
+                s.walk(chunk, |p| match p {
+                    Piece::Header { tag, bytes, .. } => {
+                        keep = tag != b'Q';
+                        all.extend_from_slice(&bytes);
+                        if keep {
+                            kept.extend_from_slice(&bytes);
+                        }
+                    }
+                    Piece::Body(b) => {
+                        all.extend_from_slice(b);
+                        if keep {
+                            kept.extend_from_slice(b);
+                        }
+                    }
+                    Piece::Prefix(_) => {}
+                })
+                .unwrap();
+            }
+            assert_eq!(all, stream, "piece size {piece}");
+            assert_eq!(kept.len(), stream.len() - 13, "piece size {piece}");
         }
     }
 
