@@ -8,19 +8,24 @@ use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 use actix::Addr;
 use dynabase_actors::{
     domain::cycle::CycleEvent,
-    supervisor::PlatformActors,
+    lifecycle::Tick,
+    supervisor::{PlatformActors, PlatformDeps},
+    tier_cache::{NoTierCache, TierCache},
     usage_accumulator::{CycleBatch, UsageAccumulator},
-    Store,
+    Store, UnixMillis,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     adapters::{
+        outbound_webhook::{HttpNotificationSender, OutboundError},
         redis::{RedisAdapterError, RedisProbe},
+        redis_tier_cache::{spawn_invalidation_listener, RedisTierCache},
         store::{EmbeddedStore, EmbeddedStoreError, MongoStore, MongoStoreError},
+        stripe_webhook::StripeWebhooks,
     },
-    http::{self, HttpState},
+    http::{self, HttpState, LifecycleHttp},
     proxy::{
         self, cancel::CancelKeys, cycle::CycleSink, sessions::SessionTable, tls::TlsError,
         ProxyConfig, ProxyContext,
@@ -46,6 +51,8 @@ pub enum AppError {
     Mongo(#[from] MongoStoreError),
     #[error(transparent)]
     Redis(#[from] RedisAdapterError),
+    #[error("outbound notifications: {0}")]
+    Outbound(#[from] OutboundError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
     #[error("proxy TLS: {0}")]
@@ -95,7 +102,43 @@ pub async fn run(
         None => None,
     };
     let catalog = Arc::new(settings.catalog.clone());
-    let actors = PlatformActors::start(store.clone(), catalog);
+    let redis_client = match &settings.redis {
+        Some(r) => Some(redis::Client::open(r.url.expose()).map_err(RedisAdapterError::BadUrl)?),
+        None => None,
+    };
+    let tier_cache: Arc<dyn TierCache> = match (&settings.redis, &redis_client) {
+        (Some(r), Some(client)) => Arc::new(RedisTierCache::new(
+            client,
+            &r.key_prefix,
+            settings.tier_cache.ttl,
+        )?),
+        _ => Arc::new(NoTierCache),
+    };
+    let notifications = &settings.notifications;
+    let sender = HttpNotificationSender::new(
+        (!notifications.signing_secret.is_empty()).then(|| notifications.signing_secret.clone()),
+    )?;
+    let actors = PlatformActors::start_with(PlatformDeps {
+        tier_cache,
+        policy: settings.lifecycle,
+        prices: settings.stripe.prices.clone(),
+        notification_sender: Arc::new(sender),
+        notification_backoff: notifications.backoff,
+        notification_max_attempts: notifications.max_attempts,
+        ..PlatformDeps::new(store.clone(), catalog)
+    });
+    let invalidations = match (&settings.redis, redis_client) {
+        (Some(r), Some(client)) => Some(spawn_invalidation_listener(
+            client,
+            &r.key_prefix,
+            actors.tenants.clone(),
+        )),
+        _ => None,
+    };
+    let lifecycle_tasks = [
+        tokio::spawn(tick_lifecycle(actors.clone(), settings.schedule.tick_interval)),
+        tokio::spawn(refresh_tiers(actors.clone(), settings.tier_cache.refresh_interval)),
+    ];
     let sessions = Arc::new(SessionTable::default());
 
     let (cycle_tx, cycle_rx) = mpsc::channel(CYCLE_CHANNEL);
@@ -130,6 +173,12 @@ pub async fn run(
         metrics,
         redis,
         sessions: sessions.clone(),
+        lifecycle: LifecycleHttp {
+            stripe: (!settings.stripe.webhook_secret.is_empty())
+                .then(|| StripeWebhooks::new(settings.stripe.webhook_secret.clone())),
+            allow_clock_override: settings.schedule.allow_clock_override,
+            invalidations,
+        },
     };
     let server = http::serve(listeners.http, state, settings.shutdown_deadline)?;
     let handle = server.handle();
@@ -164,7 +213,45 @@ pub async fn run(
         }
     }
     server_task.abort();
+    for task in lifecycle_tasks {
+        task.abort();
+    }
     Ok(())
+}
+
+/// Runs the lifecycle scheduler on the wall clock: at start (pending work
+/// from before a restart) and every `interval`.
+async fn tick_lifecycle(actors: PlatformActors, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if actors
+            .lifecycle
+            .send(Tick {
+                now: UnixMillis::now(),
+            })
+            .await
+            .is_err()
+        {
+            tracing::error!("lifecycle scheduler unavailable");
+        }
+    }
+}
+
+/// Re-verifies the running tenants' tiers once they are `max_age` old.
+async fn refresh_tiers(actors: PlatformActors, max_age: Duration) {
+    // Checking at a quarter of the age bounds how much older than
+    // `max_age` a record can get before it is re-verified.
+    let mut ticks = tokio::time::interval((max_age / 4).max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        actors
+            .tenants
+            .refresh_due(UnixMillis::now(), max_age)
+            .await;
+    }
 }
 
 /// Moves cycle events from the proxy's channel to the UsageAccumulator in

@@ -44,6 +44,7 @@ pub async fn create(
         pending_tier_change: None,
         created_at: now,
         updated_at: now,
+        lifecycle: Default::default(),
     };
     store.create_org(&org).await?;
     tracing::info!(org = %org.id, tier = %org.tier, "organization created");

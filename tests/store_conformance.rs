@@ -16,9 +16,14 @@ use std::{
 
 use dynabase::adapters::store::{EmbeddedStore, MongoStore, MongoStoreError};
 use dynabase_actors::{
-    domain::records::{
-        CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-        UsageRecord, Write,
+    domain::{
+        billing::SubscriptionOrder,
+        jobs::{Job, JobKind, JobStatus},
+        organization::LifecycleState,
+        records::{
+            CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
+            UsageRecord, Write,
+        },
     },
     OrgId, Organization, PendingTierChange, Store, StoreError, Tier, UnixMillis, Upstream,
 };
@@ -53,6 +58,10 @@ fn org(org_id: &str) -> Organization {
         }),
         created_at: UnixMillis(1_700_000_000_000),
         updated_at: UnixMillis(1_700_000_000_500),
+        lifecycle: LifecycleState {
+            past_due_since: Some(UnixMillis(1_700_000_000_250)),
+            notification_url: Some(format!("https://hooks.example/{org_id}")),
+        },
     }
 }
 
@@ -378,6 +387,152 @@ async fn case_tier_history_oldest_first(store: &dyn Store) {
         .is_empty());
 }
 
+async fn case_org_compare_and_set(store: &dyn Store) {
+    let original = org("cas-a");
+    store.create_org(&original).await.expect("create");
+    let mut first = original.clone();
+    first.tier = Tier::Pro;
+    first.updated_at = UnixMillis(original.updated_at.0 + 1);
+    assert!(store
+        .update_org_if_unchanged(&first, original.updated_at)
+        .await
+        .expect("first writer"));
+    // A second writer that read the same version loses and changes nothing.
+    let mut second = original.clone();
+    second.tier = Tier::Free;
+    second.updated_at = UnixMillis(original.updated_at.0 + 1);
+    assert!(!store
+        .update_org_if_unchanged(&second, original.updated_at)
+        .await
+        .expect("second writer"));
+    assert_eq!(store.get_org(&original.id).await.expect("get"), Some(first));
+    match store
+        .update_org_if_unchanged(&org("cas-ghost"), UnixMillis(1))
+        .await
+    {
+        Err(StoreError::NotFound(id)) => assert_eq!(id.as_str(), "cas-ghost"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+async fn case_org_by_stripe_customer(store: &dyn Store) {
+    let linked = org("link-a");
+    store.create_org(&linked).await.expect("create");
+    assert_eq!(
+        store
+            .org_by_stripe_customer("cus_link-a")
+            .await
+            .expect("lookup"),
+        Some(linked)
+    );
+    assert_eq!(
+        store
+            .org_by_stripe_customer("cus_nobody")
+            .await
+            .expect("lookup"),
+        None
+    );
+}
+
+async fn case_subscription_events_in_order(store: &dyn Store) {
+    let sub = "sub_order_a";
+    let current = SubscriptionOrder::Current;
+    assert_eq!(store.record_subscription_event(sub, 100, "evt_1").await.expect("first"), current);
+    assert_eq!(store.record_subscription_event(sub, 200, "evt_2").await.expect("newer"), current);
+    assert_eq!(
+        store.record_subscription_event(sub, 150, "evt_3").await.expect("older"),
+        SubscriptionOrder::Stale {
+            applied_created: 200,
+            applied_event_id: "evt_2".to_owned()
+        },
+        "an older event is refused and names the newer one"
+    );
+    // A retry of the applied event, and another event of the same second,
+    // both pass.
+    assert_eq!(store.record_subscription_event(sub, 200, "evt_2").await.expect("retry"), current);
+    assert_eq!(store.record_subscription_event(sub, 200, "evt_4").await.expect("same second"), current);
+    // Subscriptions are independent.
+    assert_eq!(store.record_subscription_event("sub_order_b", 1, "evt_5").await.expect("other"), current);
+}
+
+fn job(id: &str, kind: JobKind, created: i64, due: i64) -> Job {
+    Job::new(
+        id.to_owned(),
+        kind,
+        Some(self::id("jobs-a")),
+        format!("{{\"job\":\"{id}\"}}"),
+        UnixMillis(created),
+        UnixMillis(due),
+    )
+}
+
+async fn case_jobs_claimed_once_and_retried(store: &dyn Store) {
+    let first = job("job-1", JobKind::BillingEvent, 10, 100);
+    let second = job("job-2", JobKind::BillingEvent, 20, 50);
+    let other_kind = job("job-3", JobKind::NotificationDelivery, 5, 0);
+    let later = job("job-4", JobKind::BillingEvent, 30, 1_000);
+    for j in [&first, &second, &other_kind, &later] {
+        assert_eq!(store.enqueue_job(j).await.expect("enqueue"), Write::Applied);
+    }
+    let mut changed = first.clone();
+    changed.payload = "{}".to_owned();
+    assert_eq!(
+        store.enqueue_job(&changed).await.expect("again"),
+        Write::AlreadyApplied,
+        "a job id is enqueued once"
+    );
+    assert_eq!(store.get_job("job-1").await.expect("get"), Some(first.clone()));
+    assert_eq!(store.get_job("job-none").await.expect("get"), None);
+
+    // Due at 100: the first two, oldest first, leased until 500.
+    let claimed = store
+        .claim_due_jobs(JobKind::BillingEvent, UnixMillis(100), UnixMillis(500), 10)
+        .await
+        .expect("claim");
+    let ids: Vec<&str> = claimed.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["job-1", "job-2"]);
+    assert!(claimed
+        .iter()
+        .all(|j| j.attempts == 1 && j.next_attempt_at == UnixMillis(500)));
+    assert_eq!(store.get_job("job-2").await.expect("get"), Some(claimed[1].clone()));
+    // Leased: nobody else gets them.
+    assert!(store
+        .claim_due_jobs(JobKind::BillingEvent, UnixMillis(100), UnixMillis(500), 10)
+        .await
+        .expect("claim again")
+        .is_empty());
+
+    // The first is done; the second's runner died, so its lease runs out.
+    let mut done = claimed[0].clone();
+    done.finish(JobStatus::Done, "applied", UnixMillis(120));
+    store.update_job(&done).await.expect("update");
+    let reclaimed = store
+        .claim_due_jobs(JobKind::BillingEvent, UnixMillis(600), UnixMillis(700), 1)
+        .await
+        .expect("reclaim");
+    assert_eq!(reclaimed.len(), 1, "the limit is respected");
+    assert_eq!((reclaimed[0].id.as_str(), reclaimed[0].attempts), ("job-2", 2));
+    let mut retry = reclaimed[0].clone();
+    retry.retry_at(UnixMillis(2_000), "store unavailable", UnixMillis(610));
+    store.update_job(&retry).await.expect("retry later");
+    let at_1500: Vec<String> = store
+        .claim_due_jobs(JobKind::BillingEvent, UnixMillis(1_500), UnixMillis(1_600), 10)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(at_1500, ["job-4"], "done jobs never, retried ones when due");
+    assert_eq!(store.get_job("job-1").await.expect("get"), Some(done));
+    let notifications = store
+        .claim_due_jobs(JobKind::NotificationDelivery, UnixMillis(0), UnixMillis(1), 10)
+        .await
+        .expect("claim other kind");
+    assert_eq!(notifications.len(), 1);
+    let ghost = job("job-ghost", JobKind::BillingEvent, 0, 0);
+    assert!(store.update_job(&ghost).await.is_err(), "unknown jobs are not created by update");
+}
+
 /// Writes one of everything before the store is closed and opened again.
 async fn case_persist_write(store: &dyn Store) {
     store.create_org(&org("keep")).await.expect("org");
@@ -409,6 +564,14 @@ async fn case_persist_write(store: &dyn Store) {
         .append_tier_change(&tier_change("keep", Tier::Free, Tier::Pro, 10, "first"))
         .await
         .expect("tier change");
+    store
+        .enqueue_job(&job("keep-job", JobKind::BillingEvent, 1, 5))
+        .await
+        .expect("job");
+    store
+        .record_subscription_event("sub_keep", 50, "evt_keep_sub")
+        .await
+        .expect("subscription event");
 }
 
 /// Checks, after reopening, that everything `case_persist_write` wrote is
@@ -472,6 +635,20 @@ async fn case_persist_check(store: &dyn Store) {
             second
         ]
     );
+    // Pending work and subscription order survive the restart.
+    let pending = store
+        .claim_due_jobs(JobKind::BillingEvent, UnixMillis(5), UnixMillis(9), 10)
+        .await
+        .expect("claim after reopen");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, "keep-job");
+    assert!(matches!(
+        store
+            .record_subscription_event("sub_keep", 40, "evt_older")
+            .await
+            .expect("order after reopen"),
+        SubscriptionOrder::Stale { .. }
+    ));
 }
 
 /// Runs every case; `open` must return a store over the same data each time.
@@ -493,6 +670,10 @@ where
     case_calibration_once_per_period(&*store).await;
     case_notifications_dedupe_per_org(&*store).await;
     case_tier_history_oldest_first(&*store).await;
+    case_org_compare_and_set(&*store).await;
+    case_org_by_stripe_customer(&*store).await;
+    case_subscription_events_in_order(&*store).await;
+    case_jobs_claimed_once_and_retried(&*store).await;
     case_persist_write(&*store).await;
     drop(store);
 
@@ -552,6 +733,8 @@ async fn mongo_store_conforms() {
         ("invoices", "org_1"),
         ("notifications", "org_1_createdAt_1"),
         ("tierChanges", "org_1_at_1"),
+        ("organizations", "stripeCustomerId_1"),
+        ("jobs", "kind_1_status_1_nextAttemptAt_1"),
     ] {
         let names = admin
             .collection::<mongodb::bson::Document>(collection)

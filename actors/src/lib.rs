@@ -8,12 +8,14 @@
 
 pub mod calibrator;
 pub mod domain;
+pub mod lifecycle;
 pub mod ping;
 pub mod rate_limiter;
 pub mod store;
 pub mod supervision;
 pub mod supervisor;
 pub mod tenant;
+pub mod tier_cache;
 pub mod usage_accumulator;
 pub mod webhook_handler;
 

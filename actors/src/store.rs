@@ -10,12 +10,15 @@
 use async_trait::async_trait;
 
 use crate::domain::{
+    billing::SubscriptionOrder,
+    jobs::{Job, JobKind},
     org_id::OrgId,
     organization::Organization,
     records::{
         CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
         UsageRecord, Write,
     },
+    time::UnixMillis,
 };
 
 /// What can go wrong talking to a store.
@@ -66,4 +69,56 @@ pub trait Store: Send + Sync + 'static {
     async fn append_tier_change(&self, change: &TierChange) -> Result<(), StoreError>;
     /// Oldest first.
     async fn tier_history(&self, org: &OrgId) -> Result<Vec<TierChange>, StoreError>;
+
+    // ----- tier lifecycle ---------------------------------------------------
+
+    /// Replaces an organization only if its stored `updated_at` is still
+    /// `seen_updated_at` (compare-and-set, so replicas applying the same
+    /// lifecycle step do not both apply it). `Ok(false)` when it changed in
+    /// between; `NotFound` if there is none.
+    async fn update_org_if_unchanged(
+        &self,
+        org: &Organization,
+        seen_updated_at: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// The organization linked to a billing-provider customer, if any.
+    async fn org_by_stripe_customer(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<Organization>, StoreError>;
+
+    /// Records that an event created at `created` (provider seconds) is about
+    /// to be applied to `subscription_id`, unless an event created later was
+    /// recorded before: then nothing changes and `Stale` names that event.
+    /// Equal times count as current (the provider's clock has one-second
+    /// resolution, and a retried event must pass again).
+    async fn record_subscription_event(
+        &self,
+        subscription_id: &str,
+        created: i64,
+        event_id: &str,
+    ) -> Result<SubscriptionOrder, StoreError>;
+
+    /// Adds a job once per `job.id`; `AlreadyApplied` if that id exists, in
+    /// whatever state.
+    async fn enqueue_job(&self, job: &Job) -> Result<Write, StoreError>;
+
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Claims up to `limit` pending jobs of `kind` due at `now` (oldest
+    /// first): each claimed job's `next_attempt_at` becomes `lease_until` and
+    /// its `attempts` grows by one, atomically per job, so two replicas never
+    /// claim the same job for the same lease. Returns the claimed jobs.
+    async fn claim_due_jobs(
+        &self,
+        kind: JobKind,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+
+    /// Replaces a job (its runner records the outcome); `Unavailable` if it
+    /// does not exist.
+    async fn update_job(&self, job: &Job) -> Result<(), StoreError>;
 }

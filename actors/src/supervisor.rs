@@ -3,13 +3,31 @@
 //! Composition only: which actors exist and how they are wired. Each actor's
 //! policy lives in its own module.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use actix::{Addr, Supervisor};
+use async_trait::async_trait;
 
 use crate::{
-    calibrator::Calibrator, domain::catalog::TierCatalog, rate_limiter::RateLimiter, store::Store,
-    tenant::TenantRegistry, usage_accumulator::UsageAccumulator, webhook_handler::WebhookHandler,
+    calibrator::Calibrator,
+    domain::{
+        billing::PriceMap,
+        catalog::{LifecyclePolicy, TierCatalog},
+        jobs::Backoff,
+        time::UnixMillis,
+    },
+    lifecycle::{
+        billing::BillingEffects,
+        notifier::{DeliveryError, NotificationSender, Notifier},
+        scheduler::{LifecycleScheduler, SchedulerDeps},
+        TierChanger,
+    },
+    rate_limiter::RateLimiter,
+    store::Store,
+    tenant::TenantRegistry,
+    tier_cache::{NoTierCache, TierCache},
+    usage_accumulator::UsageAccumulator,
+    webhook_handler::WebhookHandler,
 };
 
 /// Addresses of the running actors. Cheap to clone.
@@ -20,17 +38,95 @@ pub struct PlatformActors {
     pub calibrator: Addr<Calibrator>,
     pub webhooks: Addr<WebhookHandler>,
     pub tenants: TenantRegistry,
+    /// Applies `Tick { now }`: due downgrades, event retries, deliveries.
+    pub lifecycle: Addr<LifecycleScheduler>,
+    /// The one path for tier changes (operators use it too).
+    pub changer: TierChanger,
+}
+
+/// Everything the actors are built from.
+pub struct PlatformDeps {
+    pub store: Arc<dyn Store>,
+    pub catalog: Arc<TierCatalog>,
+    pub tier_cache: Arc<dyn TierCache>,
+    pub policy: LifecyclePolicy,
+    pub prices: PriceMap,
+    pub notification_sender: Arc<dyn NotificationSender>,
+    pub notification_backoff: Backoff,
+    pub notification_max_attempts: u32,
+}
+
+impl PlatformDeps {
+    /// No shared cache, default lifecycle timings, no prices, no outbound
+    /// notifications.
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<TierCatalog>) -> Self {
+        Self {
+            store,
+            catalog,
+            tier_cache: Arc::new(NoTierCache),
+            policy: LifecyclePolicy::default(),
+            prices: PriceMap::default(),
+            notification_sender: Arc::new(NoNotificationSender),
+            notification_backoff: Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(3600),
+            },
+            notification_max_attempts: 25,
+        }
+    }
+}
+
+/// Stands in when outbound notifications are not configured.
+pub struct NoNotificationSender;
+
+#[async_trait]
+impl NotificationSender for NoNotificationSender {
+    async fn send(&self, _: &str, _: &str, _: UnixMillis) -> Result<(), DeliveryError> {
+        Err(DeliveryError::BadUrl(
+            "outbound notifications are not configured".to_owned(),
+        ))
+    }
 }
 
 impl PlatformActors {
-    /// Starts the actors on the current actix arbiter.
+    /// Starts the actors on the current actix arbiter, with defaults for
+    /// everything but the store and the catalog.
     pub fn start(store: Arc<dyn Store>, catalog: Arc<TierCatalog>) -> Self {
+        Self::start_with(PlatformDeps::new(store, catalog))
+    }
+
+    /// Starts the actors on the current actix arbiter.
+    pub fn start_with(deps: PlatformDeps) -> Self {
+        let tenants =
+            TenantRegistry::new(deps.store.clone(), deps.catalog).with_tier_cache(deps.tier_cache);
+        let notifier = Notifier::new(
+            deps.store.clone(),
+            deps.notification_backoff,
+            deps.notification_max_attempts,
+        );
+        let changer = TierChanger::new(
+            deps.store.clone(),
+            tenants.clone(),
+            notifier.clone(),
+            deps.policy,
+        );
+        let effects = BillingEffects::new(changer.clone(), deps.prices);
+        let store = deps.store.clone();
+        let webhooks = Supervisor::start(move |_| WebhookHandler::new(store, effects));
+        let scheduler_deps = SchedulerDeps {
+            changer: changer.clone(),
+            notifier,
+            sender: deps.notification_sender,
+            webhooks: webhooks.clone(),
+        };
         Self {
             rate_limiter: Supervisor::start(|_| RateLimiter::default()),
             usage: Supervisor::start(|_| UsageAccumulator::default()),
             calibrator: Supervisor::start(|_| Calibrator::default()),
-            webhooks: Supervisor::start(|_| WebhookHandler::default()),
-            tenants: TenantRegistry::new(store, catalog),
+            webhooks,
+            tenants,
+            lifecycle: Supervisor::start(move |_| LifecycleScheduler::new(scheduler_deps)),
+            changer,
         }
     }
 }

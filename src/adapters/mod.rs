@@ -1,5 +1,8 @@
 //! Adapters: the outside systems the platform talks to, behind the ports the
 //! actors crate defines.
 
+pub mod outbound_webhook;
 pub mod redis;
+pub mod redis_tier_cache;
 pub mod store;
+pub mod stripe_webhook;

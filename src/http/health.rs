@@ -38,11 +38,25 @@ pub async fn ready(state: web::Data<HttpState>) -> HttpResponse {
         },
     };
     let ready = store == "ok" && matches!(redis, "ok" | "not configured");
+    // Stale tiers do not make the replica unready: it keeps admitting on
+    // the last known tier (see docs/lifecycle.md), but operators see it.
+    let tiers = state.actors.tenants.tier_status();
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "store": store,
         "store_kind": state.store_kind,
         "redis": redis,
+        "tiers": {
+            "cache": tiers.cache,
+            "tenants": tiers.tenants,
+            "stale_tenants": tiers.stale_tenants,
+            "stale_since": tiers.oldest_stale_since,
+            "invalidations": match &state.lifecycle.invalidations {
+                None => "not configured",
+                Some(l) if l.is_subscribed() => "subscribed",
+                Some(_) => "disconnected",
+            },
+        },
     });
     if ready {
         HttpResponse::Ok().json(body)
@@ -55,6 +69,8 @@ pub async fn ready(state: web::Data<HttpState>) -> HttpResponse {
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     ::metrics::gauge!("dynabase_tenant_actors").set(state.actors.tenants.len() as f64);
+    // Also refreshes the stale-tenant gauge.
+    state.actors.tenants.tier_status();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -7,8 +7,10 @@ mod auth;
 mod connections;
 pub mod error;
 mod health;
+mod lifecycle_admin;
 mod org_body;
 mod orgs;
+mod stripe;
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
@@ -16,7 +18,11 @@ use actix_web::{dev::Server, web, App, HttpServer};
 use dynabase_actors::{supervisor::PlatformActors, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::{adapters::redis::RedisProbe, proxy::sessions::SessionTable, settings::Secret};
+use crate::{
+    adapters::{redis::RedisProbe, redis_tier_cache::ListenerStatus, stripe_webhook::StripeWebhooks},
+    proxy::sessions::SessionTable,
+    settings::Secret,
+};
 
 /// What every handler can reach.
 pub struct HttpState {
@@ -28,6 +34,17 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub redis: Option<RedisProbe>,
     pub sessions: Arc<SessionTable>,
+    pub lifecycle: LifecycleHttp,
+}
+
+/// What the tier lifecycle's routes need.
+#[derive(Default)]
+pub struct LifecycleHttp {
+    /// `None` when no Stripe signing secret is configured.
+    pub stripe: Option<StripeWebhooks>,
+    pub allow_clock_override: bool,
+    /// The Redis invalidation listener, when Redis is configured.
+    pub invalidations: Option<Arc<ListenerStatus>>,
 }
 
 /// Registers every route.
@@ -40,7 +57,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(orgs::show)
         .service(orgs::update)
         .service(connections::for_org)
-        .service(connections::terminate);
+        .service(connections::terminate)
+        .service(lifecycle_admin::set_tier)
+        .service(lifecycle_admin::tier_history)
+        .service(lifecycle_admin::notifications)
+        .service(lifecycle_admin::set_notification_url)
+        .service(lifecycle_admin::stripe_event)
+        .service(lifecycle_admin::tick)
+        .service(
+            web::resource("/webhooks/stripe")
+                .app_data(web::PayloadConfig::new(stripe::MAX_BODY))
+                .route(web::post().to(stripe::receive)),
+        );
 }
 
 /// Starts serving on `listener`; the caller stops it through the returned

@@ -2,7 +2,8 @@
 //!
 //! `config/default.toml` → `config/tiers.toml` → `config/$DYNABASE_ENV.toml`
 //! (optional) → `DYNABASE__SECTION__KEY` → the conventional variables `PORT`,
-//! `MONGODB_URL`, `REDIS_URL`, `DYNABASE_ADMIN_TOKEN`. When the config
+//! `MONGODB_URL`, `REDIS_URL`, `DYNABASE_ADMIN_TOKEN`, `STRIPE_WEBHOOK_SECRET`,
+//! `DYNABASE_NOTIFICATION_SECRET`. When the config
 //! directory has no `default.toml`/`tiers.toml`, copies compiled into the
 //! binary are used, so the binary runs from any directory.
 
@@ -113,6 +114,8 @@ fn build(options: &LoadOptions) -> Result<Config, config::ConfigError> {
         ("MONGODB_URL", "store.mongodb_url"),
         ("REDIS_URL", "redis.url"),
         ("DYNABASE_ADMIN_TOKEN", "http.admin_token"),
+        ("STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
+        ("DYNABASE_NOTIFICATION_SECRET", "notifications.signing_secret"),
     ] {
         builder = builder.set_override_option(key, options.env.get(var).cloned())?;
     }

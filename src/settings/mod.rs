@@ -11,7 +11,10 @@ mod validate;
 
 use std::{path::PathBuf, time::Duration};
 
-use dynabase_actors::{domain::catalog::LifecyclePolicy, TierCatalog, UsageFactors};
+use dynabase_actors::{
+    domain::{billing::PriceMap, catalog::LifecyclePolicy, jobs::Backoff},
+    TierCatalog, UsageFactors,
+};
 
 pub use load::{load, LoadOptions};
 pub use secret::Secret;
@@ -54,6 +57,10 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     pub shutdown_deadline: Duration,
     pub lifecycle: LifecyclePolicy,
+    pub schedule: ScheduleSettings,
+    pub tier_cache: TierCacheSettings,
+    pub stripe: StripeSettings,
+    pub notifications: NotificationSettings,
     pub usage: UsageSettings,
     pub catalog: TierCatalog,
     pub log_filter: String,
@@ -110,6 +117,41 @@ pub struct MongoSettings {
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: Secret,
+    /// Prefix of every key and channel, so deployments sharing a Redis stay
+    /// apart.
+    pub key_prefix: String,
+}
+
+/// When the lifecycle scheduler runs.
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    pub tick_interval: std::time::Duration,
+    /// Lets `POST /admin/lifecycle/tick` pass a time in the future (tests).
+    pub allow_clock_override: bool,
+}
+
+/// The shared tier cache and re-verification of in-process tiers.
+#[derive(Debug, Clone)]
+pub struct TierCacheSettings {
+    pub ttl: std::time::Duration,
+    pub refresh_interval: std::time::Duration,
+}
+
+/// Stripe webhooks.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    /// Empty: `/webhooks/stripe` answers 503.
+    pub webhook_secret: Secret,
+    pub prices: PriceMap,
+}
+
+/// Outbound notification webhooks.
+#[derive(Debug, Clone)]
+pub struct NotificationSettings {
+    /// Empty: deliveries carry no signature header.
+    pub signing_secret: Secret,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
 }
 
 #[derive(Debug, Clone)]

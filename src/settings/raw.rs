@@ -14,6 +14,9 @@ pub struct RawSettings {
     pub redis: RawRedis,
     pub shutdown: RawShutdown,
     pub lifecycle: RawLifecycle,
+    pub tier_cache: RawTierCache,
+    pub stripe: RawStripe,
+    pub notifications: RawNotifications,
     pub usage: RawUsage,
     pub log: RawLog,
     pub tiers: BTreeMap<String, RawTier>,
@@ -56,6 +59,7 @@ pub struct RawStore {
 #[derive(Debug, Deserialize)]
 pub struct RawRedis {
     pub url: String,
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +71,31 @@ pub struct RawShutdown {
 pub struct RawLifecycle {
     pub downgrade_grace: String,
     pub payment_failure_grace: String,
+    pub tick_interval: String,
+    pub allow_clock_override: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTierCache {
+    pub ttl: String,
+    pub refresh_interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawStripe {
+    pub webhook_secret: String,
+    /// Price id or lookup key → tier name. An empty table may be dropped by
+    /// the configuration layers, hence the default.
+    #[serde(default)]
+    pub prices: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawNotifications {
+    pub signing_secret: String,
+    pub max_attempts: i64,
+    pub retry_base: String,
+    pub retry_max: String,
 }
 
 #[derive(Debug, Deserialize)]

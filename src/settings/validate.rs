@@ -3,15 +3,16 @@
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use dynabase_actors::{
-    domain::catalog::LifecyclePolicy, SessionSettings, Tier, TierCatalog, TierLimits, UsageFactor,
-    UsageFactors,
+    domain::{billing::PriceMap, catalog::LifecyclePolicy, jobs::Backoff},
+    SessionSettings, Tier, TierCatalog, TierLimits, UsageFactor, UsageFactors,
 };
 use rust_decimal::Decimal;
 
 use super::{
     raw::{NumberOrWord, RawFactor, RawSettings, RawTier},
-    HttpSettings, LimitSettings, MongoSettings, Problem, ProxySettings, RedisSettings, Secret,
-    Settings, StoreSettings, TlsFiles, UsageSettings,
+    HttpSettings, LimitSettings, MongoSettings, NotificationSettings, Problem, ProxySettings,
+    RedisSettings, ScheduleSettings, Secret, Settings, StoreSettings, StripeSettings,
+    TierCacheSettings, TlsFiles, UsageSettings,
 };
 
 /// Accumulates problems; each check returns a usable placeholder on failure
@@ -233,7 +234,11 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
     }
     let redis = (!raw.redis.url.is_empty()).then(|| RedisSettings {
         url: Secret::new(raw.redis.url.clone()),
+        key_prefix: raw.redis.key_prefix.clone(),
     });
+    if raw.redis.key_prefix.is_empty() || raw.redis.key_prefix.contains(char::is_whitespace) {
+        c.fail("redis.key_prefix", "must be a non-empty word without spaces");
+    }
     if let Some(r) = &redis {
         if !(r.url.expose().starts_with("redis://") || r.url.expose().starts_with("rediss://")) {
             c.fail("redis.url", "must start with redis:// or rediss://");
@@ -305,6 +310,23 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
                 &raw.lifecycle.payment_failure_grace,
             ),
         },
+        schedule: ScheduleSettings {
+            tick_interval: c
+                .positive_duration("lifecycle.tick_interval", &raw.lifecycle.tick_interval),
+            allow_clock_override: raw.lifecycle.allow_clock_override,
+        },
+        tier_cache: TierCacheSettings {
+            ttl: c.positive_duration("tier_cache.ttl", &raw.tier_cache.ttl),
+            refresh_interval: c.positive_duration(
+                "tier_cache.refresh_interval",
+                &raw.tier_cache.refresh_interval,
+            ),
+        },
+        stripe: StripeSettings {
+            webhook_secret: Secret::new(raw.stripe.webhook_secret),
+            prices: prices(&mut c, &raw.stripe.prices),
+        },
+        notifications: notifications(&mut c, &raw.notifications),
         usage: UsageSettings {
             flush_interval: c.positive_duration("usage.flush_interval", &raw.usage.flush_interval),
             factors,
@@ -316,6 +338,34 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         Ok(settings)
     } else {
         Err(c.problems)
+    }
+}
+
+/// `[stripe.prices]`: price id or lookup key → tier.
+fn prices(c: &mut Checker, raw: &std::collections::BTreeMap<String, String>) -> PriceMap {
+    let mut entries = Vec::new();
+    for (key, tier) in raw {
+        match Tier::from_str(tier) {
+            Ok(t) => entries.push((key.clone(), t)),
+            Err(e) => c.fail(format!("stripe.prices.{key}"), e.to_string()),
+        }
+    }
+    PriceMap::new(entries)
+}
+
+fn notifications(c: &mut Checker, raw: &super::raw::RawNotifications) -> NotificationSettings {
+    let base = c.positive_duration("notifications.retry_base", &raw.retry_base);
+    let max = c.positive_duration("notifications.retry_max", &raw.retry_max);
+    if max < base {
+        c.fail(
+            "notifications.retry_max",
+            "must not be shorter than notifications.retry_base",
+        );
+    }
+    NotificationSettings {
+        signing_secret: Secret::new(raw.signing_secret.clone()),
+        max_attempts: c.count("notifications.max_attempts", raw.max_attempts, 1),
+        backoff: Backoff { base, max },
     }
 }
 

@@ -1,7 +1,9 @@
 //! Domain types shared by the actors, the store port and the adapters.
 
+pub mod billing;
 pub mod catalog;
 pub mod cycle;
+pub mod jobs;
 pub mod org_id;
 pub mod organization;
 pub mod records;

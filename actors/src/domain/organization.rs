@@ -74,6 +74,19 @@ pub struct PendingTierChange {
     pub reason: String,
 }
 
+/// Billing and notification state that the tier lifecycle keeps per
+/// organization. Older records have none, hence `Default`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleState {
+    /// Set by a failed payment, cleared by a paid invoice; after the
+    /// configured grace the organization moves to FREE.
+    #[serde(default)]
+    pub past_due_since: Option<UnixMillis>,
+    /// Where notifications about this organization are POSTed (optional).
+    #[serde(default)]
+    pub notification_url: Option<String>,
+}
+
 /// A tenant as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Organization {
@@ -86,6 +99,9 @@ pub struct Organization {
     pub pending_tier_change: Option<PendingTierChange>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
+    /// Past-due state and notification target; absent in older records.
+    #[serde(default)]
+    pub lifecycle: LifecycleState,
 }
 
 #[cfg(test)]

@@ -5,10 +5,15 @@
 pub mod connection_actor;
 pub mod query_gate;
 pub mod registry;
+pub mod tier_lookup;
 
 pub use connection_actor::{
     Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release, Snapshot,
     TenantSnapshot,
 };
 pub use query_gate::{GateVerdict, QueryGate, RateRefusal, SharedGate};
-pub use registry::{RegistryError, TenantRegistry};
+pub use registry::{
+    refresh::{RefreshReport, TierStatus},
+    RegistryError, TenantRegistry,
+};
+pub use tier_lookup::{Layer, TierLookup};

@@ -1,17 +1,26 @@
 //! `TenantRegistry`: finds or starts the [`ConnectionActor`] of an organization.
 //!
-//! The organization is read from the store once, when its actor starts; after
-//! that the actor's copy is the one in use and changes reach it as messages.
+//! The organization is read once, when its actor starts — from the shared
+//! tier cache, or the store on a cache miss ([`TierLookup`]); after that the
+//! actor's copy is the one in use and changes reach it as messages: directly
+//! from this replica's writers, from other replicas through the cache's
+//! invalidation channel, and from a periodic re-verification (`refresh`).
+
+pub mod refresh;
 
 use std::sync::Arc;
 
 use actix::{Addr, Arbiter, ArbiterHandle, Supervisor};
 use dashmap::DashMap;
 
-use super::connection_actor::{ApplyOrganization, ConnectionActor};
+use super::{
+    connection_actor::ConnectionActor,
+    tier_lookup::{Layer, TierLookup},
+};
 use crate::{
-    domain::{catalog::TierCatalog, org_id::OrgId, organization::Organization},
+    domain::{catalog::TierCatalog, org_id::OrgId, organization::Organization, time::UnixMillis},
     store::{Store, StoreError},
+    tier_cache::{NoTierCache, TierCache},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +33,11 @@ pub enum RegistryError {
 #[derive(Clone)]
 pub struct TenantRegistry {
     actors: Arc<DashMap<OrgId, Addr<ConnectionActor>>>,
-    store: Arc<dyn Store>,
     catalog: Arc<TierCatalog>,
+    /// The shared cache and the store, below the actors.
+    lookup: Arc<TierLookup>,
+    /// When each actor's record was last verified (see `refresh`).
+    freshness: Arc<refresh::Freshness>,
     /// Tenant actors run here, whichever thread asks for them.
     arbiter: ArbiterHandle,
 }
@@ -36,10 +48,18 @@ impl TenantRegistry {
     pub fn new(store: Arc<dyn Store>, catalog: Arc<TierCatalog>) -> Self {
         Self {
             actors: Arc::new(DashMap::new()),
-            store,
             catalog,
+            lookup: Arc::new(TierLookup::new(store, Arc::new(NoTierCache))),
+            freshness: Arc::default(),
             arbiter: Arbiter::current(),
         }
+    }
+
+    /// Puts a shared tier cache between the actors and the store. Call before
+    /// cloning the registry.
+    pub fn with_tier_cache(mut self, cache: Arc<dyn TierCache>) -> Self {
+        self.lookup = Arc::new(TierLookup::new(self.lookup.store().clone(), cache));
+        self
     }
 
     /// The organization's actor, started on first use; `None` for an unknown
@@ -47,12 +67,36 @@ impl TenantRegistry {
     pub async fn tenant(&self, id: &OrgId) -> Result<Option<Addr<ConnectionActor>>, RegistryError> {
         if let Some(addr) = self.actors.get(id) {
             if addr.connected() {
+                self.lookup.hit_process();
                 return Ok(Some(addr.clone()));
             }
         }
-        let Some(org) = self.store.get_org(id).await? else {
+        Ok(self.start_tenant(id).await?.map(|(addr, _)| addr))
+    }
+
+    /// Like [`tenant`](Self::tenant), also saying which layer answered.
+    pub async fn tenant_with_layer(
+        &self,
+        id: &OrgId,
+    ) -> Result<Option<(Addr<ConnectionActor>, Layer)>, RegistryError> {
+        if let Some(addr) = self.actors.get(id) {
+            if addr.connected() {
+                self.lookup.hit_process();
+                return Ok(Some((addr.clone(), Layer::Process)));
+            }
+        }
+        self.start_tenant(id).await
+    }
+
+    async fn start_tenant(
+        &self,
+        id: &OrgId,
+    ) -> Result<Option<(Addr<ConnectionActor>, Layer)>, RegistryError> {
+        let generation = self.freshness.generation();
+        let Some((org, layer)) = self.lookup.load(id).await? else {
             return Ok(None);
         };
+        self.freshness.verified(&org, UnixMillis::now());
         let catalog = self.catalog.clone();
         let arbiter = &self.arbiter;
         // Two callers may race here; the entry API keeps exactly one actor.
@@ -66,14 +110,21 @@ impl TenantRegistry {
             })
             .or_insert_with(|| start(arbiter, org, catalog))
             .clone();
-        Ok(Some(addr))
+        // An invalidation that arrived while this record was being read found
+        // no actor to reload; reload now so the change is not missed.
+        if self.freshness.generation() != generation {
+            self.reload_in_background(id.clone());
+        }
+        Ok(Some((addr, layer)))
     }
 
-    /// Tells a running actor (if any) about a changed organization record.
+    /// Tells a running actor (if any) about a changed organization record,
+    /// then, in the background, invalidates the shared cache and announces
+    /// the change to the other replicas. Writers that want to wait for the
+    /// announcement use [`publish_change`](Self::publish_change).
     pub fn organization_changed(&self, org: Organization) {
-        if let Some(addr) = self.actors.get(&org.id) {
-            addr.do_send(ApplyOrganization(org));
-        }
+        self.apply(org.clone(), UnixMillis::now());
+        self.invalidate_in_background(org.id);
     }
 
     /// Number of tenant actors started.

@@ -24,6 +24,8 @@
 //! redb is synchronous; every call runs on the blocking pool via
 //! [`tokio::task::spawn_blocking`] so it never stalls the async runtime.
 
+mod lifecycle;
+
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
@@ -31,11 +33,15 @@ use std::{
 
 use async_trait::async_trait;
 use dynabase_actors::{
-    domain::records::{
-        CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-        UsageRecord, Write,
+    domain::{
+        billing::SubscriptionOrder,
+        jobs::{Job, JobKind},
+        records::{
+            CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
+            UsageRecord, Write,
+        },
     },
-    OrgId, Organization, Store, StoreError,
+    OrgId, Organization, Store, StoreError, UnixMillis,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
@@ -156,10 +162,17 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         CALIBRATIONS,
         NOTIFICATIONS,
         TIER_CHANGES,
+        lifecycle::JOBS,
+        lifecycle::SUBSCRIPTION_EVENTS,
     ] {
         txn.open_table(table)?;
     }
-    for index in [USAGE_BY_ORG_PERIOD, INVOICES_BY_ORG, NOTIFICATIONS_BY_ORG] {
+    for index in [
+        USAGE_BY_ORG_PERIOD,
+        INVOICES_BY_ORG,
+        NOTIFICATIONS_BY_ORG,
+        lifecycle::JOBS_DUE,
+    ] {
         txn.open_table(index)?;
     }
     txn.open_table(META)?;
@@ -503,6 +516,64 @@ impl Store for EmbeddedStore {
         let org = org.clone();
         self.run(move |db| docs_with_prefix(db, TIER_CHANGES, org.as_str()))
             .await
+    }
+
+    async fn update_org_if_unchanged(
+        &self,
+        org: &Organization,
+        seen_updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let org = org.clone();
+        self.run(move |db| lifecycle::update_org_if_unchanged(db, &org, seen_updated_at))
+            .await
+    }
+
+    async fn org_by_stripe_customer(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<Organization>, StoreError> {
+        let customer_id = customer_id.to_owned();
+        self.run(move |db| lifecycle::org_by_stripe_customer(db, &customer_id))
+            .await
+    }
+
+    async fn record_subscription_event(
+        &self,
+        subscription_id: &str,
+        created: i64,
+        event_id: &str,
+    ) -> Result<SubscriptionOrder, StoreError> {
+        let (subscription_id, event_id) = (subscription_id.to_owned(), event_id.to_owned());
+        self.run(move |db| {
+            lifecycle::record_subscription_event(db, &subscription_id, created, &event_id)
+        })
+        .await
+    }
+
+    async fn enqueue_job(&self, job: &Job) -> Result<Write, StoreError> {
+        let job = job.clone();
+        self.run(move |db| lifecycle::enqueue_job(db, &job)).await
+    }
+
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |db| lifecycle::get_job(db, &id)).await
+    }
+
+    async fn claim_due_jobs(
+        &self,
+        kind: JobKind,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.run(move |db| lifecycle::claim_due_jobs(db, kind, now, lease_until, limit))
+            .await
+    }
+
+    async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.run(move |db| lifecycle::update_job(db, &job)).await
     }
 }
 

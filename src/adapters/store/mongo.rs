@@ -17,12 +17,16 @@
 //! insert; between replicas writing in the same second the order is still
 //! deterministic, though not necessarily the order of arrival.
 
+mod lifecycle;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dynabase_actors::{
     domain::{
-        organization::PendingTierChange,
+        billing::SubscriptionOrder,
+        jobs::{Job, JobKind},
+        organization::{LifecycleState, PendingTierChange},
         records::{
             CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
             UsageRecord, Write,
@@ -53,6 +57,8 @@ const INVOICES: &str = "invoices";
 const CALIBRATIONS: &str = "calibrations";
 const NOTIFICATIONS: &str = "notifications";
 const TIER_CHANGES: &str = "tierChanges";
+const JOBS: &str = "jobs";
+const SUBSCRIPTION_EVENTS: &str = "subscriptionEvents";
 
 /// Why the MongoDB store could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +85,15 @@ struct PendingDoc {
     reason: String,
 }
 
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LifecycleDoc {
+    #[serde(default)]
+    past_due_since: Option<i64>,
+    #[serde(default)]
+    notification_url: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct OrgDoc {
@@ -92,6 +107,9 @@ struct OrgDoc {
     pending_tier_change: Option<PendingDoc>,
     created_at: i64,
     updated_at: i64,
+    /// Absent in documents written before the tier lifecycle existed.
+    #[serde(default)]
+    lifecycle: LifecycleDoc,
 }
 
 impl From<&Organization> for OrgDoc {
@@ -110,6 +128,10 @@ impl From<&Organization> for OrgDoc {
             }),
             created_at: o.created_at.0,
             updated_at: o.updated_at.0,
+            lifecycle: LifecycleDoc {
+                past_due_since: o.lifecycle.past_due_since.map(|t| t.0),
+                notification_url: o.lifecycle.notification_url.clone(),
+            },
         }
     }
 }
@@ -130,6 +152,10 @@ impl From<OrgDoc> for Organization {
             }),
             created_at: UnixMillis(d.created_at),
             updated_at: UnixMillis(d.updated_at),
+            lifecycle: LifecycleState {
+                past_due_since: d.lifecycle.past_due_since.map(UnixMillis),
+                notification_url: d.lifecycle.notification_url,
+            },
         }
     }
 }
@@ -421,6 +447,8 @@ pub struct MongoStore {
     calibrations: Collection<CalibrationDoc>,
     notifications: Collection<NotificationDoc>,
     tier_changes: Collection<TierChangeDoc>,
+    jobs: Collection<lifecycle::JobDoc>,
+    subscription_events: Collection<lifecycle::SubscriptionEventDoc>,
 }
 
 impl MongoStore {
@@ -449,6 +477,8 @@ impl MongoStore {
             calibrations: db.collection(CALIBRATIONS),
             notifications: db.collection(NOTIFICATIONS),
             tier_changes: db.collection(TIER_CHANGES),
+            jobs: db.collection(JOBS),
+            subscription_events: db.collection(SUBSCRIPTION_EVENTS),
             db,
         };
         store.ensure_indexes().await?;
@@ -482,6 +512,14 @@ impl MongoStore {
             .create_indexes([index(doc! { "org": 1, "at": 1 })])
             .await
             .map_err(wrap(TIER_CHANGES))?;
+        self.orgs
+            .create_indexes([index(doc! { "stripeCustomerId": 1 })])
+            .await
+            .map_err(wrap(ORGANIZATIONS))?;
+        self.jobs
+            .create_indexes([index(doc! { "kind": 1, "status": 1, "nextAttemptAt": 1 })])
+            .await
+            .map_err(wrap(JOBS))?;
         Ok(())
     }
 }
@@ -604,5 +642,51 @@ impl Store for MongoStore {
             doc! { "at": 1, "_id": 1 },
         )
         .await
+    }
+
+    async fn update_org_if_unchanged(
+        &self,
+        org: &Organization,
+        seen_updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        lifecycle::update_org_if_unchanged(self, org, seen_updated_at).await
+    }
+
+    async fn org_by_stripe_customer(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<Organization>, StoreError> {
+        lifecycle::org_by_stripe_customer(self, customer_id).await
+    }
+
+    async fn record_subscription_event(
+        &self,
+        subscription_id: &str,
+        created: i64,
+        event_id: &str,
+    ) -> Result<SubscriptionOrder, StoreError> {
+        lifecycle::record_subscription_event(self, subscription_id, created, event_id).await
+    }
+
+    async fn enqueue_job(&self, job: &Job) -> Result<Write, StoreError> {
+        lifecycle::enqueue_job(self, job).await
+    }
+
+    async fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        lifecycle::get_job(self, id).await
+    }
+
+    async fn claim_due_jobs(
+        &self,
+        kind: JobKind,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        lifecycle::claim_due_jobs(self, kind, now, lease_until, limit).await
+    }
+
+    async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
+        lifecycle::update_job(self, job).await
     }
 }

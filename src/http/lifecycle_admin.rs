@@ -1,0 +1,240 @@
+//! Admin routes of the tier lifecycle:
+//!
+//! - `PUT /admin/orgs/{id}/tier` `{"tier":"pro","reason":"…"}`: a manual
+//!   change, applied at once in either direction, audited;
+//! - `GET /admin/orgs/{id}/tier-history`: the audit log, oldest first;
+//! - `GET /admin/orgs/{id}/notifications`: what the organization was told;
+//! - `PUT /admin/orgs/{id}/notification-url` `{"url":"https://…"|null}`;
+//! - `GET /admin/stripe/events/{event_id}`: how a Stripe event was handled;
+//! - `POST /admin/lifecycle/tick` `{"now": <unix ms>}` (optional body): runs
+//!   the lifecycle scheduler now, or — with `lifecycle.allow_clock_override`
+//!   — at a time in the future (tests; never in production).
+
+use actix_web::{get, post, put, web, HttpResponse};
+use dynabase_actors::{
+    lifecycle::{ChangeError, ChangeRequest, Mode, Tick},
+    webhook_handler::job_id,
+    OrgId, Tier, UnixMillis,
+};
+use serde_json::{Map, Value};
+
+use super::{
+    auth::AdminAuth,
+    error::{ApiError, FieldError},
+    HttpState,
+};
+
+/// A `now` at most this far ahead of the wall clock needs no override
+/// (clocks of replicas and callers differ a little).
+const CLOCK_SLACK_MS: i64 = 1_000;
+
+fn org_id(raw: &str) -> Result<OrgId, ApiError> {
+    OrgId::parse(raw).map_err(|_| ApiError::NotFound(format!("organization `{raw}` not found")))
+}
+
+async fn existing(state: &HttpState, raw: &str) -> Result<OrgId, ApiError> {
+    let id = org_id(raw)?;
+    if state.store.get_org(&id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("organization `{id}` not found")));
+    }
+    Ok(id)
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::NotFound(id) => ApiError::NotFound(format!("organization `{id}` not found")),
+            ChangeError::Contended(id) => ApiError::Conflict(format!(
+                "organization `{id}` is being changed concurrently; try again"
+            )),
+            ChangeError::Store(e) => e.into(),
+            ChangeError::Notify(e) => {
+                tracing::error!(error = %e, "notification could not be recorded");
+                ApiError::Unavailable("the store")
+            }
+        }
+    }
+}
+
+/// A JSON object body with only `allowed` keys.
+fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = if body.is_empty() {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
+    };
+    let Value::Object(map) = value else {
+        return Err(ApiError::MalformedBody("expected a JSON object".into()));
+    };
+    let unknown: Vec<FieldError> = map
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .map(|k| FieldError::new(k.clone(), "unknown field"))
+        .collect();
+    if unknown.is_empty() {
+        Ok(map)
+    } else {
+        Err(ApiError::InvalidFields(unknown))
+    }
+}
+
+#[put("/admin/orgs/{id}/tier")]
+pub async fn set_tier(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = org_id(&path)?;
+    let map = object(&body, &["tier", "reason"])?;
+    let mut errors = Vec::new();
+    let tier = match map.get("tier").and_then(Value::as_str) {
+        Some(s) => s
+            .parse::<Tier>()
+            .map_err(|e| errors.push(FieldError::new("tier", e.to_string())))
+            .ok(),
+        None => {
+            errors.push(FieldError::new("tier", "is required (a string)"));
+            None
+        }
+    };
+    let reason = match map.get("reason").and_then(Value::as_str).map(str::trim) {
+        Some(r) if !r.is_empty() => Some(r.to_owned()),
+        _ => {
+            errors.push(FieldError::new("reason", "is required: it goes into the audit log"));
+            None
+        }
+    };
+    let (Some(tier), Some(reason), true) = (tier, reason, errors.is_empty()) else {
+        return Err(ApiError::InvalidFields(errors));
+    };
+    let now = UnixMillis::now();
+    let (org, outcome) = state
+        .actors
+        .changer
+        .request(ChangeRequest {
+            org: id.clone(),
+            target: tier,
+            mode: Mode::Immediate,
+            source: "admin".into(),
+            reason,
+            key: format!("admin:{id}:{}", now.0),
+            link: None,
+            now,
+        })
+        .await?;
+    tracing::info!(org = %id, outcome = %outcome.describe(), "manual tier change");
+    Ok(HttpResponse::Ok().json(org))
+}
+
+#[get("/admin/orgs/{id}/tier-history")]
+pub async fn tier_history(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = existing(&state, &path).await?;
+    Ok(HttpResponse::Ok().json(state.store.tier_history(&id).await?))
+}
+
+#[get("/admin/orgs/{id}/notifications")]
+pub async fn notifications(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = existing(&state, &path).await?;
+    Ok(HttpResponse::Ok().json(state.store.notifications_for_org(&id).await?))
+}
+
+#[put("/admin/orgs/{id}/notification-url")]
+pub async fn set_notification_url(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = org_id(&path)?;
+    let map = object(&body, &["url"])?;
+    let url = match map.get("url") {
+        Some(Value::Null) => None,
+        Some(Value::String(s)) => match reqwest::Url::parse(s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(s.clone()),
+            _ => {
+                return Err(ApiError::InvalidFields(vec![FieldError::new(
+                    "url",
+                    "must be an http:// or https:// URL",
+                )]))
+            }
+        },
+        _ => {
+            return Err(ApiError::InvalidFields(vec![FieldError::new(
+                "url",
+                "is required: a URL, or null to stop notifications",
+            )]))
+        }
+    };
+    let org = state
+        .actors
+        .changer
+        .set_notification_url(&id, url, UnixMillis::now())
+        .await?;
+    Ok(HttpResponse::Ok().json(org))
+}
+
+#[get("/admin/stripe/events/{event_id}")]
+pub async fn stripe_event(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = state
+        .store
+        .get_job(&job_id(&path))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Stripe event `{path}` not received")))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "id": path.as_str(),
+        "status": job.status,
+        "note": job.note,
+        "attempts": job.attempts,
+        "received_at": job.created_at,
+        "updated_at": job.updated_at,
+        "next_attempt_at": job.next_attempt_at,
+    })))
+}
+
+#[post("/admin/lifecycle/tick")]
+pub async fn tick(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let map = object(&body, &["now"])?;
+    let wall = UnixMillis::now();
+    let now = match map.get("now") {
+        None | Some(Value::Null) => wall,
+        Some(v) => match v.as_i64() {
+            Some(ms) => UnixMillis(ms),
+            None => {
+                return Err(ApiError::InvalidFields(vec![FieldError::new(
+                    "now",
+                    "must be milliseconds since the Unix epoch",
+                )]))
+            }
+        },
+    };
+    if now.0 > wall.0.saturating_add(CLOCK_SLACK_MS) && !state.lifecycle.allow_clock_override {
+        return Err(ApiError::InvalidFields(vec![FieldError::new(
+            "now",
+            "is in the future; only allowed with lifecycle.allow_clock_override",
+        )]));
+    }
+    let report = state
+        .actors
+        .lifecycle
+        .send(Tick { now })
+        .await
+        .map_err(|_| ApiError::Unavailable("the lifecycle scheduler"))?;
+    Ok(HttpResponse::Ok().json(report))
+}
