@@ -770,6 +770,10 @@ export DYNABASE_TEST_PG_MD5_PASSWORD=md5pass
 export DYNABASE_TEST_REDIS_URL=redis://$HOST:$REDIS_PORT
 export DYNABASE_TEST_MONGODB_URL=mongodb://$HOST:$MONGO_PORT
 EOF
+    # Tests that stop a MongoDB-wire server run their own FerretDB.
+    if [[ -x "$FERRETDB_BIN" ]]; then
+        echo "export DYNABASE_TEST_FERRETDB_BIN=$FERRETDB_BIN" >>"$SD/env.tmp"
+    fi
     mv -f "$SD/env.tmp" "$SD/env"
 }
 

@@ -136,8 +136,14 @@ pub async fn run(
         _ => None,
     };
     let lifecycle_tasks = [
-        tokio::spawn(tick_lifecycle(actors.clone(), settings.schedule.tick_interval)),
-        tokio::spawn(refresh_tiers(actors.clone(), settings.tier_cache.refresh_interval)),
+        tokio::spawn(tick_lifecycle(
+            actors.clone(),
+            settings.schedule.tick_interval,
+        )),
+        tokio::spawn(refresh_tiers(
+            actors.clone(),
+            settings.tier_cache.refresh_interval,
+        )),
     ];
     let sessions = Arc::new(SessionTable::default());
 
@@ -247,10 +253,7 @@ async fn refresh_tiers(actors: PlatformActors, max_age: Duration) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        actors
-            .tenants
-            .refresh_due(UnixMillis::now(), max_age)
-            .await;
+        actors.tenants.refresh_due(UnixMillis::now(), max_age).await;
     }
 }
 

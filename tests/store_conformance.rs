@@ -437,10 +437,25 @@ async fn case_org_by_stripe_customer(store: &dyn Store) {
 async fn case_subscription_events_in_order(store: &dyn Store) {
     let sub = "sub_order_a";
     let current = SubscriptionOrder::Current;
-    assert_eq!(store.record_subscription_event(sub, 100, "evt_1").await.expect("first"), current);
-    assert_eq!(store.record_subscription_event(sub, 200, "evt_2").await.expect("newer"), current);
     assert_eq!(
-        store.record_subscription_event(sub, 150, "evt_3").await.expect("older"),
+        store
+            .record_subscription_event(sub, 100, "evt_1")
+            .await
+            .expect("first"),
+        current
+    );
+    assert_eq!(
+        store
+            .record_subscription_event(sub, 200, "evt_2")
+            .await
+            .expect("newer"),
+        current
+    );
+    assert_eq!(
+        store
+            .record_subscription_event(sub, 150, "evt_3")
+            .await
+            .expect("older"),
         SubscriptionOrder::Stale {
             applied_created: 200,
             applied_event_id: "evt_2".to_owned()
@@ -449,10 +464,28 @@ async fn case_subscription_events_in_order(store: &dyn Store) {
     );
     // A retry of the applied event, and another event of the same second,
     // both pass.
-    assert_eq!(store.record_subscription_event(sub, 200, "evt_2").await.expect("retry"), current);
-    assert_eq!(store.record_subscription_event(sub, 200, "evt_4").await.expect("same second"), current);
+    assert_eq!(
+        store
+            .record_subscription_event(sub, 200, "evt_2")
+            .await
+            .expect("retry"),
+        current
+    );
+    assert_eq!(
+        store
+            .record_subscription_event(sub, 200, "evt_4")
+            .await
+            .expect("same second"),
+        current
+    );
     // Subscriptions are independent.
-    assert_eq!(store.record_subscription_event("sub_order_b", 1, "evt_5").await.expect("other"), current);
+    assert_eq!(
+        store
+            .record_subscription_event("sub_order_b", 1, "evt_5")
+            .await
+            .expect("other"),
+        current
+    );
 }
 
 fn job(id: &str, kind: JobKind, created: i64, due: i64) -> Job {
@@ -481,7 +514,10 @@ async fn case_jobs_claimed_once_and_retried(store: &dyn Store) {
         Write::AlreadyApplied,
         "a job id is enqueued once"
     );
-    assert_eq!(store.get_job("job-1").await.expect("get"), Some(first.clone()));
+    assert_eq!(
+        store.get_job("job-1").await.expect("get"),
+        Some(first.clone())
+    );
     assert_eq!(store.get_job("job-none").await.expect("get"), None);
 
     // Due at 100: the first two, oldest first, leased until 500.
@@ -494,7 +530,10 @@ async fn case_jobs_claimed_once_and_retried(store: &dyn Store) {
     assert!(claimed
         .iter()
         .all(|j| j.attempts == 1 && j.next_attempt_at == UnixMillis(500)));
-    assert_eq!(store.get_job("job-2").await.expect("get"), Some(claimed[1].clone()));
+    assert_eq!(
+        store.get_job("job-2").await.expect("get"),
+        Some(claimed[1].clone())
+    );
     // Leased: nobody else gets them.
     assert!(store
         .claim_due_jobs(JobKind::BillingEvent, UnixMillis(100), UnixMillis(500), 10)
@@ -511,12 +550,20 @@ async fn case_jobs_claimed_once_and_retried(store: &dyn Store) {
         .await
         .expect("reclaim");
     assert_eq!(reclaimed.len(), 1, "the limit is respected");
-    assert_eq!((reclaimed[0].id.as_str(), reclaimed[0].attempts), ("job-2", 2));
+    assert_eq!(
+        (reclaimed[0].id.as_str(), reclaimed[0].attempts),
+        ("job-2", 2)
+    );
     let mut retry = reclaimed[0].clone();
     retry.retry_at(UnixMillis(2_000), "store unavailable", UnixMillis(610));
     store.update_job(&retry).await.expect("retry later");
     let at_1500: Vec<String> = store
-        .claim_due_jobs(JobKind::BillingEvent, UnixMillis(1_500), UnixMillis(1_600), 10)
+        .claim_due_jobs(
+            JobKind::BillingEvent,
+            UnixMillis(1_500),
+            UnixMillis(1_600),
+            10,
+        )
         .await
         .expect("claim")
         .into_iter()
@@ -525,12 +572,20 @@ async fn case_jobs_claimed_once_and_retried(store: &dyn Store) {
     assert_eq!(at_1500, ["job-4"], "done jobs never, retried ones when due");
     assert_eq!(store.get_job("job-1").await.expect("get"), Some(done));
     let notifications = store
-        .claim_due_jobs(JobKind::NotificationDelivery, UnixMillis(0), UnixMillis(1), 10)
+        .claim_due_jobs(
+            JobKind::NotificationDelivery,
+            UnixMillis(0),
+            UnixMillis(1),
+            10,
+        )
         .await
         .expect("claim other kind");
     assert_eq!(notifications.len(), 1);
     let ghost = job("job-ghost", JobKind::BillingEvent, 0, 0);
-    assert!(store.update_job(&ghost).await.is_err(), "unknown jobs are not created by update");
+    assert!(
+        store.update_job(&ghost).await.is_err(),
+        "unknown jobs are not created by update"
+    );
 }
 
 /// Writes one of everything before the store is closed and opened again.

@@ -168,7 +168,12 @@ impl Handler<ProcessDue> for WebhookHandler {
 
 /// Applies one claimed event job and records how it ended; returns the
 /// job's new status.
-async fn run(store: &Arc<dyn Store>, effects: &BillingEffects, mut job: Job, now: UnixMillis) -> JobStatus {
+async fn run(
+    store: &Arc<dyn Store>,
+    effects: &BillingEffects,
+    mut job: Job,
+    now: UnixMillis,
+) -> JobStatus {
     let event: BillingEvent = match serde_json::from_str(&job.payload) {
         Ok(e) => e,
         Err(e) => {

@@ -64,7 +64,10 @@ impl NotificationSender for HttpNotificationSender {
     async fn send(&self, url: &str, body: &str, now: UnixMillis) -> Result<(), DeliveryError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| DeliveryError::BadUrl(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(DeliveryError::BadUrl(format!("scheme {} is not http(s)", parsed.scheme())));
+            return Err(DeliveryError::BadUrl(format!(
+                "scheme {} is not http(s)",
+                parsed.scheme()
+            )));
         }
         let mut request = self
             .client
@@ -72,7 +75,10 @@ impl NotificationSender for HttpNotificationSender {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_owned());
         if let Some(secret) = &self.secret {
-            request = request.header(SIGNATURE_HEADER, signature(secret.expose(), body, now.0.div_euclid(1000)));
+            request = request.header(
+                SIGNATURE_HEADER,
+                signature(secret.expose(), body, now.0.div_euclid(1000)),
+            );
         }
         let response = request
             .send()

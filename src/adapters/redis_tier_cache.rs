@@ -58,7 +58,11 @@ pub struct RedisTierCache {
 impl RedisTierCache {
     /// Does not connect: the first command does (and a Redis that is down at
     /// start-up only means cold lookups read the store).
-    pub fn new(client: &redis::Client, prefix: &str, ttl: Duration) -> Result<Self, RedisAdapterError> {
+    pub fn new(
+        client: &redis::Client,
+        prefix: &str,
+        ttl: Duration,
+    ) -> Result<Self, RedisAdapterError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
@@ -87,7 +91,9 @@ impl RedisTierCache {
     /// Runs `cmd` unless Redis failed recently; a failure opens the pause.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, TierCacheError> {
         if self.now_ms() < self.skip_until_ms.load(Ordering::Relaxed) {
-            return Err(TierCacheError::Unavailable("redis failed recently; skipped".into()));
+            return Err(TierCacheError::Unavailable(
+                "redis failed recently; skipped".into(),
+            ));
         }
         let mut conn = self.conn.clone();
         let result = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<T>(&mut conn)).await;
@@ -96,7 +102,9 @@ impl RedisTierCache {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {COMMAND_TIMEOUT:?}"),
         };
-        let until = self.now_ms().saturating_add(u64::try_from(BACKOFF.as_millis()).unwrap_or(u64::MAX));
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(BACKOFF.as_millis()).unwrap_or(u64::MAX));
         self.skip_until_ms.store(until, Ordering::Relaxed);
         Err(TierCacheError::Unavailable(format!("redis: {error}")))
     }
@@ -117,7 +125,8 @@ impl TierCache for RedisTierCache {
     }
 
     async fn put(&self, org: &Organization) -> Result<(), TierCacheError> {
-        let json = serde_json::to_string(org).map_err(|e| TierCacheError::Corrupt(e.to_string()))?;
+        let json =
+            serde_json::to_string(org).map_err(|e| TierCacheError::Corrupt(e.to_string()))?;
         self.run::<()>(
             redis::cmd("SET")
                 .arg(self.key(&org.id))
@@ -143,7 +152,9 @@ impl TierCache for RedisTierCache {
         match tokio::time::timeout(COMMAND_TIMEOUT * 4, pipe.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(TierCacheError::Unavailable(format!("redis: {e}"))),
-            Err(_) => Err(TierCacheError::Unavailable("redis: invalidation timed out".into())),
+            Err(_) => Err(TierCacheError::Unavailable(
+                "redis: invalidation timed out".into(),
+            )),
         }
     }
 }
@@ -205,7 +216,10 @@ async fn listen(
     // Announcements sent while this replica was not subscribed are lost.
     let report = registry.reload_all().await;
     if report.failed > 0 {
-        tracing::warn!(failed = report.failed, "some tenants could not be reloaded after subscribing");
+        tracing::warn!(
+            failed = report.failed,
+            "some tenants could not be reloaded after subscribing"
+        );
     }
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {

@@ -88,9 +88,15 @@ impl StripeWebhooks {
 
 fn from_typed(event: stripe_webhook::Event) -> BillingEvent {
     let kind = match event.data.object {
-        EventObject::CustomerSubscriptionCreated(s) => subscription(SubscriptionChange::Created, &s),
-        EventObject::CustomerSubscriptionUpdated(s) => subscription(SubscriptionChange::Updated, &s),
-        EventObject::CustomerSubscriptionDeleted(s) => subscription(SubscriptionChange::Deleted, &s),
+        EventObject::CustomerSubscriptionCreated(s) => {
+            subscription(SubscriptionChange::Created, &s)
+        }
+        EventObject::CustomerSubscriptionUpdated(s) => {
+            subscription(SubscriptionChange::Updated, &s)
+        }
+        EventObject::CustomerSubscriptionDeleted(s) => {
+            subscription(SubscriptionChange::Deleted, &s)
+        }
         EventObject::InvoicePaymentFailed(i) => match invoice_customer(&i) {
             Some(customer_id) => BillingEventKind::PaymentFailed {
                 customer_id,
@@ -115,10 +121,7 @@ fn from_typed(event: stripe_webhook::Event) -> BillingEvent {
     }
 }
 
-fn subscription(
-    change: SubscriptionChange,
-    s: &stripe_shared::Subscription,
-) -> BillingEventKind {
+fn subscription(change: SubscriptionChange, s: &stripe_shared::Subscription) -> BillingEventKind {
     BillingEventKind::Subscription {
         change,
         subscription_id: s.id.as_str().to_owned(),
@@ -261,7 +264,10 @@ mod tests {
         else {
             panic!("subscription event")
         };
-        assert_eq!(prices[0].lookup_key.as_deref(), Some("dynabase_pro_monthly"));
+        assert_eq!(
+            prices[0].lookup_key.as_deref(),
+            Some("dynabase_pro_monthly")
+        );
         assert_eq!(org_hint.as_deref(), Some("acme"));
     }
 

@@ -43,7 +43,9 @@ async fn existing(state: &HttpState, raw: &str) -> Result<OrgId, ApiError> {
 impl From<ChangeError> for ApiError {
     fn from(e: ChangeError) -> Self {
         match e {
-            ChangeError::NotFound(id) => ApiError::NotFound(format!("organization `{id}` not found")),
+            ChangeError::NotFound(id) => {
+                ApiError::NotFound(format!("organization `{id}` not found"))
+            }
             ChangeError::Contended(id) => ApiError::Conflict(format!(
                 "organization `{id}` is being changed concurrently; try again"
             )),
@@ -101,7 +103,10 @@ pub async fn set_tier(
     let reason = match map.get("reason").and_then(Value::as_str).map(str::trim) {
         Some(r) if !r.is_empty() => Some(r.to_owned()),
         _ => {
-            errors.push(FieldError::new("reason", "is required: it goes into the audit log"));
+            errors.push(FieldError::new(
+                "reason",
+                "is required: it goes into the audit log",
+            ));
             None
         }
     };

@@ -19,7 +19,9 @@ use dynabase_actors::{supervisor::PlatformActors, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
-    adapters::{redis::RedisProbe, redis_tier_cache::ListenerStatus, stripe_webhook::StripeWebhooks},
+    adapters::{
+        redis::RedisProbe, redis_tier_cache::ListenerStatus, stripe_webhook::StripeWebhooks,
+    },
     proxy::sessions::SessionTable,
     settings::Secret,
 };

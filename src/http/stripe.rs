@@ -22,7 +22,11 @@ const SIGNATURE_HEADER: &str = "Stripe-Signature";
 /// Stripe events (invoices with many lines) can be large.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-fn refuse(status: actix_web::http::StatusCode, code: &'static str, message: String) -> HttpResponse {
+fn refuse(
+    status: actix_web::http::StatusCode,
+    code: &'static str,
+    message: String,
+) -> HttpResponse {
     metrics::counter!("dynabase_stripe_webhooks_refused_total", "reason" => code).increment(1);
     HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
 }

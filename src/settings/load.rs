@@ -115,7 +115,10 @@ fn build(options: &LoadOptions) -> Result<Config, config::ConfigError> {
         ("REDIS_URL", "redis.url"),
         ("DYNABASE_ADMIN_TOKEN", "http.admin_token"),
         ("STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
-        ("DYNABASE_NOTIFICATION_SECRET", "notifications.signing_secret"),
+        (
+            "DYNABASE_NOTIFICATION_SECRET",
+            "notifications.signing_secret",
+        ),
     ] {
         builder = builder.set_override_option(key, options.env.get(var).cloned())?;
     }

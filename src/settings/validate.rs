@@ -237,7 +237,10 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         key_prefix: raw.redis.key_prefix.clone(),
     });
     if raw.redis.key_prefix.is_empty() || raw.redis.key_prefix.contains(char::is_whitespace) {
-        c.fail("redis.key_prefix", "must be a non-empty word without spaces");
+        c.fail(
+            "redis.key_prefix",
+            "must be a non-empty word without spaces",
+        );
     }
     if let Some(r) = &redis {
         if !(r.url.expose().starts_with("redis://") || r.url.expose().starts_with("rediss://")) {

@@ -134,7 +134,10 @@ mod tests {
             ("price_1ProABC".to_owned(), Tier::Pro),
             ("starter_monthly".to_owned(), Tier::Starter),
         ]);
-        assert_eq!(map.tier_for(&[price("PRICE_1proabc", None)]), Some(Tier::Pro));
+        assert_eq!(
+            map.tier_for(&[price("PRICE_1proabc", None)]),
+            Some(Tier::Pro)
+        );
         assert_eq!(
             map.tier_for(&[price("price_other", Some("starter_monthly"))]),
             Some(Tier::Starter)

@@ -17,7 +17,9 @@
 
 use crate::{
     domain::{
-        billing::{BillingEvent, BillingEventKind, PriceMap, SubscriptionChange, SubscriptionOrder},
+        billing::{
+            BillingEvent, BillingEventKind, PriceMap, SubscriptionChange, SubscriptionOrder,
+        },
         org_id::OrgId,
         organization::Organization,
         tier::Tier,
@@ -60,7 +62,11 @@ impl BillingEffects {
         Self { changer, prices }
     }
 
-    pub async fn apply(&self, event: &BillingEvent, now: UnixMillis) -> Result<EventResult, BillingError> {
+    pub async fn apply(
+        &self,
+        event: &BillingEvent,
+        now: UnixMillis,
+    ) -> Result<EventResult, BillingError> {
         let source = format!("stripe:{}", event.id);
         match &event.kind {
             BillingEventKind::Subscription {
@@ -103,7 +109,11 @@ impl BillingEffects {
                             tracing::warn!(event = %event.id, ?prices, "no configured price maps to a tier");
                             return Ok(EventResult::Ignored(format!(
                                 "none of the prices {} is configured under [stripe.prices]",
-                                prices.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(", ")
+                                prices
+                                    .iter()
+                                    .map(|p| p.id.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             )));
                         }
                     },
@@ -115,7 +125,10 @@ impl BillingEffects {
                         target,
                         mode: Mode::Graced,
                         source: source.clone(),
-                        reason: format!("Stripe subscription {subscription_id} is {status} ({})", event.event_type),
+                        reason: format!(
+                            "Stripe subscription {subscription_id} is {status} ({})",
+                            event.event_type
+                        ),
                         key: source,
                         link: Some(BillingLink {
                             customer_id: customer_id.clone(),
@@ -124,7 +137,11 @@ impl BillingEffects {
                         now,
                     })
                     .await?;
-                Ok(EventResult::Applied(format!("{}: {}", org.id, outcome.describe())))
+                Ok(EventResult::Applied(format!(
+                    "{}: {}",
+                    org.id,
+                    outcome.describe()
+                )))
             }
             BillingEventKind::PaymentFailed {
                 customer_id,
@@ -161,7 +178,11 @@ impl BillingEffects {
     }
 
     /// The organization linked to `customer_id`, else the one `hint` names.
-    async fn resolve(&self, customer_id: &str, hint: Option<&str>) -> Result<Option<Organization>, StoreError> {
+    async fn resolve(
+        &self,
+        customer_id: &str,
+        hint: Option<&str>,
+    ) -> Result<Option<Organization>, StoreError> {
         let store = self.changer.store();
         if let Some(org) = store.org_by_stripe_customer(customer_id).await? {
             return Ok(Some(org));

@@ -128,12 +128,22 @@ impl TierChanger {
     }
 
     /// Requests `req.target` for `req.org` under the upgrade/downgrade rules.
-    pub async fn request(&self, req: ChangeRequest) -> Result<(Organization, Outcome), ChangeError> {
+    pub async fn request(
+        &self,
+        req: ChangeRequest,
+    ) -> Result<(Organization, Outcome), ChangeError> {
         let mut outcome = Outcome::Unchanged;
         let (before, after) = self
             .modify(&req.org, req.now, |org| {
                 let linked = link(org, req.link.as_ref());
-                outcome = match policy::decide(org, req.target, req.mode, &self.policy, &req.reason, req.now) {
+                outcome = match policy::decide(
+                    org,
+                    req.target,
+                    req.mode,
+                    &self.policy,
+                    &req.reason,
+                    req.now,
+                ) {
                     Decision::NoChange => Outcome::Unchanged,
                     Decision::ApplyNow(to) => {
                         let from = org.tier;
@@ -153,25 +163,42 @@ impl TierChanger {
                 linked || outcome != Outcome::Unchanged
             })
             .await?;
-        self.committed(&before, &after, &outcome, &req.source, &req.reason, &req.key, req.now)
-            .await?;
+        self.committed(
+            &before,
+            &after,
+            &outcome,
+            &req.source,
+            &req.reason,
+            &req.key,
+            req.now,
+        )
+        .await?;
         Ok((after, outcome))
     }
 
     /// Applies what is due for `id` at `now`: a scheduled change whose time
     /// has come, or the move to FREE of an organization past due beyond the
     /// payment grace.
-    pub async fn apply_due(&self, id: &OrgId, now: UnixMillis) -> Result<(Organization, Outcome), ChangeError> {
+    pub async fn apply_due(
+        &self,
+        id: &OrgId,
+        now: UnixMillis,
+    ) -> Result<(Organization, Outcome), ChangeError> {
         let mut outcome = Outcome::Unchanged;
         let mut reason = String::new();
         let mut key = String::new();
         let (before, after) = self
             .modify(id, now, |org| {
                 let from = org.tier;
-                if let Some(deadline) = policy::payment_deadline(org, &self.policy).filter(|d| *d <= now) {
+                if let Some(deadline) =
+                    policy::payment_deadline(org, &self.policy).filter(|d| *d <= now)
+                {
                     reason = format!(
                         "payment failed on {} and was not made within the grace period",
-                        org.lifecycle.past_due_since.unwrap_or(deadline).to_rfc3339()
+                        org.lifecycle
+                            .past_due_since
+                            .unwrap_or(deadline)
+                            .to_rfc3339()
                     );
                     key = format!("lifecycle:{id}:past-due:{}", deadline.0);
                     org.tier = Tier::Free;
@@ -204,16 +231,18 @@ impl TierChanger {
         now: UnixMillis,
     ) -> Result<(Organization, bool), ChangeError> {
         let (before, after) = self
-            .modify(id, now, |org| match (past_due, org.lifecycle.past_due_since) {
-                (true, None) => {
-                    org.lifecycle.past_due_since = Some(now);
-                    true
+            .modify(id, now, |org| {
+                match (past_due, org.lifecycle.past_due_since) {
+                    (true, None) => {
+                        org.lifecycle.past_due_since = Some(now);
+                        true
+                    }
+                    (false, Some(_)) => {
+                        org.lifecycle.past_due_since = None;
+                        true
+                    }
+                    _ => false,
                 }
-                (false, Some(_)) => {
-                    org.lifecycle.past_due_since = None;
-                    true
-                }
-                _ => false,
             })
             .await?;
         let changed = before.lifecycle.past_due_since != after.lifecycle.past_due_since;
@@ -238,7 +267,13 @@ impl TierChanger {
                 ),
             };
             self.notifier
-                .notify(&after, kind, message, format!("{key}:{}", kind.as_str()), now)
+                .notify(
+                    &after,
+                    kind,
+                    message,
+                    format!("{key}:{}", kind.as_str()),
+                    now,
+                )
                 .await?;
         }
         Ok((after, changed))
@@ -283,7 +318,11 @@ impl TierChanger {
                 return Ok((before.clone(), before));
             }
             after.updated_at = UnixMillis(now.0.max(before.updated_at.0.saturating_add(1)));
-            match self.store.update_org_if_unchanged(&after, before.updated_at).await {
+            match self
+                .store
+                .update_org_if_unchanged(&after, before.updated_at)
+                .await
+            {
                 Ok(true) => return Ok((before, after)),
                 Ok(false) => continue,
                 Err(StoreError::NotFound(_)) => return Err(ChangeError::NotFound(id.clone())),
@@ -353,7 +392,13 @@ impl TierChanger {
         };
         if let Some((kind, message)) = note {
             self.notifier
-                .notify(after, kind, message, format!("{key}:{}", kind.as_str()), now)
+                .notify(
+                    after,
+                    kind,
+                    message,
+                    format!("{key}:{}", kind.as_str()),
+                    now,
+                )
                 .await?;
         }
         Ok(())

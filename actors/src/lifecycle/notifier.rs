@@ -191,12 +191,7 @@ impl Notifier {
     ) -> Result<DeliveryReport, StoreError> {
         let jobs = self
             .store
-            .claim_due_jobs(
-                JobKind::NotificationDelivery,
-                now,
-                now.plus(LEASE),
-                BATCH,
-            )
+            .claim_due_jobs(JobKind::NotificationDelivery, now, now.plus(LEASE), BATCH)
             .await?;
         let outcomes: Vec<Job> = stream::iter(jobs)
             .map(|job| self.deliver(sender, job, now))

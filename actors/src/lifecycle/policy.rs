@@ -134,7 +134,14 @@ mod tests {
     }
 
     fn decide_at(o: &Organization, target: Tier, mode: Mode) -> Decision {
-        decide(o, target, mode, &LifecyclePolicy::default(), "why", UnixMillis(DAY))
+        decide(
+            o,
+            target,
+            mode,
+            &LifecyclePolicy::default(),
+            "why",
+            UnixMillis(DAY),
+        )
     }
 
     #[test]
@@ -144,7 +151,11 @@ mod tests {
             Decision::ApplyNow(Tier::Pro)
         );
         assert_eq!(
-            decide_at(&org(Tier::Pro, Some((Tier::Free, 5 * DAY))), Tier::Enterprise, Mode::Graced),
+            decide_at(
+                &org(Tier::Pro, Some((Tier::Free, 5 * DAY))),
+                Tier::Enterprise,
+                Mode::Graced
+            ),
             Decision::ApplyNow(Tier::Enterprise)
         );
     }
@@ -158,13 +169,19 @@ mod tests {
         assert_eq!((p.to, p.effective_at), (Tier::Starter, UnixMillis(8 * DAY)));
         // Asked again: the original date stands.
         let pending = org(Tier::Pro, Some((Tier::Starter, 3 * DAY)));
-        assert_eq!(decide_at(&pending, Tier::Starter, Mode::Graced), Decision::NoChange);
+        assert_eq!(
+            decide_at(&pending, Tier::Starter, Mode::Graced),
+            Decision::NoChange
+        );
         let Decision::Schedule(p) = decide_at(&pending, Tier::Free, Mode::Graced) else {
             panic!("rescheduled")
         };
         assert_eq!((p.to, p.effective_at), (Tier::Free, UnixMillis(3 * DAY)));
         // Back to the current tier: the downgrade is off.
-        assert_eq!(decide_at(&pending, Tier::Pro, Mode::Graced), Decision::CancelPending);
+        assert_eq!(
+            decide_at(&pending, Tier::Pro, Mode::Graced),
+            Decision::CancelPending
+        );
         // An operator's change is immediate.
         assert_eq!(
             decide_at(&org(Tier::Pro, None), Tier::Free, Mode::Immediate),

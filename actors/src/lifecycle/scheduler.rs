@@ -82,7 +82,9 @@ impl Handler<Tick> for LifecycleScheduler {
     fn handle(&mut self, msg: Tick, _: &mut Self::Context) -> Self::Result {
         let deps = self.deps.clone();
         AtomicResponse::new(Box::pin(
-            run_tick(deps, msg.now).into_actor(self).map(|report, _, _| report),
+            run_tick(deps, msg.now)
+                .into_actor(self)
+                .map(|report, _, _| report),
         ))
     }
 }
@@ -98,7 +100,10 @@ async fn run_tick(deps: SchedulerDeps, now: UnixMillis) -> TickReport {
     let policy = *deps.changer.policy();
     match deps.changer.store().list_orgs().await {
         Ok(orgs) => {
-            for org in orgs.iter().filter(|o| policy::needs_attention(o, &policy, now)) {
+            for org in orgs
+                .iter()
+                .filter(|o| policy::needs_attention(o, &policy, now))
+            {
                 match deps.changer.apply_due(&org.id, now).await {
                     Ok((_, Outcome::Applied { from, to })) => report.applied.push(AppliedChange {
                         org: org.id.clone(),

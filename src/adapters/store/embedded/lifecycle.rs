@@ -22,7 +22,9 @@ use dynabase_actors::{
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{all_docs, decode, encode, get_doc, sortable_millis, unavailable, DocTable, IndexTable, ORGS};
+use super::{
+    all_docs, decode, encode, get_doc, sortable_millis, unavailable, DocTable, IndexTable, ORGS,
+};
 
 pub(super) const JOBS: DocTable = TableDefinition::new("jobs");
 pub(super) const JOBS_DUE: IndexTable = TableDefinition::new("jobs_due");
@@ -36,7 +38,11 @@ struct SubscriptionEvent {
 }
 
 fn due_key(kind: JobKind, next_attempt_at: UnixMillis, id: &str) -> String {
-    format!("{}/{}/{id}", kind.as_str(), sortable_millis(next_attempt_at.0))
+    format!(
+        "{}/{}/{id}",
+        kind.as_str(),
+        sortable_millis(next_attempt_at.0)
+    )
 }
 
 pub(super) fn update_org_if_unchanged(
@@ -201,7 +207,10 @@ pub(super) fn update_job(db: &Database, job: &Job) -> Result<(), StoreError> {
     };
     let Some(previous) = previous else {
         txn.abort().map_err(unavailable)?;
-        return Err(StoreError::Corrupt(format!("job `{}` does not exist", job.id)));
+        return Err(StoreError::Corrupt(format!(
+            "job `{}` does not exist",
+            job.id
+        )));
     };
     if previous.status == JobStatus::Pending {
         unindex_due(&txn, &previous)?;

@@ -229,7 +229,10 @@ pub(super) async fn update_job(store: &MongoStore, job: &Job) -> Result<(), Stor
         .await
         .map_err(store_error)?;
     if result.matched_count == 0 {
-        return Err(StoreError::Corrupt(format!("job `{}` does not exist", job.id)));
+        return Err(StoreError::Corrupt(format!(
+            "job `{}` does not exist",
+            job.id
+        )));
     }
     Ok(())
 }
