@@ -15,10 +15,38 @@ use dynabase_actors::{
     OrgId, Organization, Store, StoreError, UnixMillis,
 };
 use futures_util::TryStreamExt;
-use mongodb::bson::doc;
+use mongodb::{bson::doc, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::{insert_keyed, is_duplicate_key, store_error, MongoStore, OrgDoc};
+use super::{
+    insert_keyed, is_duplicate_key, org_doc::OrgDoc, store_error, MongoStore, MongoStoreError,
+    JOBS, ORGANIZATIONS,
+};
+
+/// The organizations' billing-customer index and the jobs' due index.
+pub(super) async fn ensure_indexes(store: &MongoStore) -> Result<(), MongoStoreError> {
+    store
+        .orgs
+        .create_indexes([IndexModel::builder()
+            .keys(doc! { "stripeCustomerId": 1 })
+            .build()])
+        .await
+        .map_err(|source| MongoStoreError::Index {
+            collection: ORGANIZATIONS,
+            source,
+        })?;
+    store
+        .jobs
+        .create_indexes([IndexModel::builder()
+            .keys(doc! { "kind": 1, "status": 1, "nextAttemptAt": 1 })
+            .build()])
+        .await
+        .map_err(|source| MongoStoreError::Index {
+            collection: JOBS,
+            source,
+        })?;
+    Ok(())
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
