@@ -79,7 +79,9 @@ pub async fn update(
     if let Some(v) = change.stripe_subscription_id {
         org.stripe_subscription_id = v;
     }
-    org.updated_at = now;
+    // Never backwards, even if this writer's clock is behind the last
+    // one's: replicas keep the record with the newest `updated_at`.
+    org.updated_at = UnixMillis(now.0.max(org.updated_at.0.saturating_add(1)));
     // The organization first: a lost audit entry is better than an audit
     // entry for a change that did not happen.
     store.update_org(&org).await?;

@@ -123,7 +123,7 @@ impl TenantRegistry {
     /// the change to the other replicas. Writers that want to wait for the
     /// announcement use [`publish_change`](Self::publish_change).
     pub fn organization_changed(&self, org: Organization) {
-        self.apply(org.clone(), UnixMillis::now());
+        self.apply(org.clone(), UnixMillis::now(), true);
         self.invalidate_in_background(org.id);
     }
 

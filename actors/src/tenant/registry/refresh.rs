@@ -31,7 +31,7 @@ use super::TenantRegistry;
 use crate::{
     domain::{org_id::OrgId, organization::Organization, time::UnixMillis},
     store::StoreError,
-    tenant::connection_actor::ApplyOrganization,
+    tenant::{connection_actor::ApplyOrganization, tier_lookup::Layer},
     tier_cache::TierCacheError,
 };
 
@@ -66,7 +66,7 @@ impl Freshness {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// `org` was just read from the cache or the store.
+    /// `org` was just read from the cache or the store, or written.
     pub(super) fn verified(&self, org: &Organization, now: UnixMillis) {
         let mut entry = self.entries.entry(org.id.clone()).or_insert(Entry {
             verified_at: now,
@@ -76,6 +76,19 @@ impl Freshness {
         entry.verified_at = now;
         entry.stale_since = None;
         entry.version = entry.version.max(org.updated_at);
+    }
+
+    /// The store said so: `org` is the current record, whatever its
+    /// `updated_at` (clocks of writers may disagree).
+    fn verified_authoritative(&self, org: &Organization, now: UnixMillis) {
+        self.entries.insert(
+            org.id.clone(),
+            Entry {
+                verified_at: now,
+                stale_since: None,
+                version: org.updated_at,
+            },
+        );
     }
 
     fn failed(&self, id: &OrgId, now: UnixMillis) {
@@ -113,14 +126,19 @@ pub struct RefreshReport {
 }
 
 impl TenantRegistry {
-    /// Gives `org` to its running actor (if any) unless the actor already
-    /// has a newer record.
-    pub(super) fn apply(&self, org: Organization, now: UnixMillis) {
-        if !self.freshness.accepts(&org) {
-            tracing::debug!(org = %org.id, "older record not applied");
+    /// Gives `org` to its running actor (if any). A record from the cache
+    /// is not applied over a newer one the actor has (the cache may lag a
+    /// change); a record the store just returned, or that this replica just
+    /// wrote, is `authoritative` and always applied.
+    pub(super) fn apply(&self, org: Organization, now: UnixMillis, authoritative: bool) {
+        if authoritative {
+            self.freshness.verified_authoritative(&org, now);
+        } else if self.freshness.accepts(&org) {
+            self.freshness.verified(&org, now);
+        } else {
+            tracing::debug!(org = %org.id, "older cached record not applied");
             return;
         }
-        self.freshness.verified(&org, now);
         if let Some(addr) = self.actors.get(&org.id) {
             addr.do_send(ApplyOrganization(org));
         }
@@ -132,7 +150,7 @@ impl TenantRegistry {
     /// background and the error returned.
     pub async fn publish_change(&self, org: Organization) -> Result<(), TierCacheError> {
         let id = org.id.clone();
-        self.apply(org, UnixMillis::now());
+        self.apply(org, UnixMillis::now(), true);
         match self.lookup.cache().invalidate(&id).await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -180,7 +198,7 @@ impl TenantRegistry {
         }
         match self.lookup.load_fresh(id).await {
             Ok(Some(org)) => {
-                self.apply(org, UnixMillis::now());
+                self.apply(org, UnixMillis::now(), true);
                 Ok(true)
             }
             Ok(None) => {
@@ -237,7 +255,7 @@ impl TenantRegistry {
         };
         for id in due {
             match self.lookup.load(&id).await {
-                Ok(Some((org, _))) => self.apply(org, now),
+                Ok(Some((org, layer))) => self.apply(org, now, layer == Layer::Store),
                 Ok(None) => {}
                 Err(e) => {
                     report.failed += 1;
