@@ -68,6 +68,10 @@ pub async fn update(
         org.name = name;
     }
     if let Some(tier) = change.tier {
+        if tier != org.tier {
+            // A manual change supersedes a scheduled one (see docs/lifecycle.md).
+            org.pending_tier_change = None;
+        }
         org.tier = tier;
     }
     if let Some(upstream) = change.upstream {

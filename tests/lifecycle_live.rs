@@ -31,6 +31,14 @@ async fn connect(server: &Server, org: &str) -> Result<Client, tokio_postgres::E
     Ok(c)
 }
 
+/// The error of a connection attempt that must have been refused.
+fn refused(attempt: Result<Client, tokio_postgres::Error>, why: &str) -> tokio_postgres::Error {
+    match attempt {
+        Ok(_) => panic!("admitted, but should be refused: {why}"),
+        Err(e) => e,
+    }
+}
+
 fn subscription(event_id: &str, kind: &str, customer: &str, price: &str, status: &str) -> String {
     subscription_event(&Sub {
         event_id,
@@ -136,10 +144,7 @@ async fn after_a_downgrade_open_connections_stay_and_new_ones_wait_for_room() {
             .expect("open connection still works");
     }
     // A fifth is refused: 4 open, FREE allows 2.
-    let err = connect(&server, "shrink")
-        .await
-        .err()
-        .expect("over the new limit");
+    let err = refused(connect(&server, "shrink").await, "over the new limit");
     assert_eq!(err.code(), Some(&SqlState::from_code("53300")), "{err}");
     let db = err.as_db_error().expect("a PostgreSQL error");
     assert!(db.message().contains("tier FREE"), "{}", db.message());
@@ -162,9 +167,6 @@ async fn after_a_downgrade_open_connections_stay_and_new_ones_wait_for_room() {
         .await
         .expect("new connection works");
     // That makes two: the limit.
-    let err = connect(&server, "shrink")
-        .await
-        .err()
-        .expect("at the limit");
+    let err = refused(connect(&server, "shrink").await, "at the limit");
     assert_eq!(err.code(), Some(&SqlState::from_code("53300")));
 }

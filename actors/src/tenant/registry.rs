@@ -38,6 +38,9 @@ pub struct TenantRegistry {
     lookup: Arc<TierLookup>,
     /// When each actor's record was last verified (see `refresh`).
     freshness: Arc<refresh::Freshness>,
+    /// One cold lookup per organization at a time: concurrent first
+    /// connections wait for it instead of all reading the cache and store.
+    loading: Arc<DashMap<OrgId, Arc<tokio::sync::Mutex<()>>>>,
     /// Tenant actors run here, whichever thread asks for them.
     arbiter: ArbiterHandle,
 }
@@ -51,6 +54,7 @@ impl TenantRegistry {
             catalog,
             lookup: Arc::new(TierLookup::new(store, Arc::new(NoTierCache))),
             freshness: Arc::default(),
+            loading: Arc::default(),
             arbiter: Arbiter::current(),
         }
     }
@@ -92,6 +96,15 @@ impl TenantRegistry {
         &self,
         id: &OrgId,
     ) -> Result<Option<(Addr<ConnectionActor>, Layer)>, RegistryError> {
+        let gate = self.loading.entry(id.clone()).or_default().clone();
+        let _loading = gate.lock().await;
+        // Started by a concurrent caller while this one waited.
+        if let Some(addr) = self.actors.get(id) {
+            if addr.connected() {
+                self.lookup.hit_process();
+                return Ok(Some((addr.clone(), Layer::Process)));
+            }
+        }
         let generation = self.freshness.generation();
         let Some((org, layer)) = self.lookup.load(id).await? else {
             return Ok(None);

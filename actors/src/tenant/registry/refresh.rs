@@ -43,6 +43,10 @@ const RELOAD_CONCURRENCY: usize = 8;
 /// re-verified.
 const INVALIDATION_RETRY_FOR: Duration = Duration::from_secs(300);
 
+/// When the second invalidation of a change is sent (see
+/// `invalidate_again_later`).
+const SECOND_INVALIDATION_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     verified_at: UnixMillis,
@@ -91,6 +95,13 @@ impl Freshness {
         );
     }
 
+    fn verified_current(&self, id: &OrgId, now: UnixMillis) {
+        if let Some(mut entry) = self.entries.get_mut(id) {
+            entry.verified_at = now;
+            entry.stale_since = None;
+        }
+    }
+
     fn failed(&self, id: &OrgId, now: UnixMillis) {
         if let Some(mut entry) = self.entries.get_mut(id) {
             entry.stale_since.get_or_insert(now);
@@ -136,7 +147,10 @@ impl TenantRegistry {
         } else if self.freshness.accepts(&org) {
             self.freshness.verified(&org, now);
         } else {
+            // The actor's record is newer than the cache's: it stands, and
+            // counts as verified.
             tracing::debug!(org = %org.id, "older cached record not applied");
+            self.freshness.verified_current(&org.id, now);
             return;
         }
         if let Some(addr) = self.actors.get(&org.id) {
@@ -152,12 +166,30 @@ impl TenantRegistry {
         let id = org.id.clone();
         self.apply(org, UnixMillis::now(), true);
         match self.lookup.cache().invalidate(&id).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.invalidate_again_later(id);
+                Ok(())
+            }
             Err(e) => {
                 tracing::warn!(org = %id, error = %e, "tier invalidation failed; retrying in the background");
                 self.invalidate_in_background(id);
                 Err(e)
             }
+        }
+    }
+
+    /// A reader that read the store just before the change may write the
+    /// old record to the cache just after the invalidation; a second one a
+    /// moment later removes it (and has every replica reload once more).
+    fn invalidate_again_later(&self, id: OrgId) {
+        let cache = self.lookup.cache().clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                tokio::time::sleep(SECOND_INVALIDATION_AFTER).await;
+                if let Err(e) = cache.invalidate(&id).await {
+                    tracing::debug!(org = %id, error = %e, "second tier invalidation failed");
+                }
+            });
         }
     }
 
