@@ -8,7 +8,9 @@ use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 use actix::Addr;
 use dynabase_actors::{
     domain::cycle::CycleEvent,
+    shared_limits::SharedLimits,
     supervisor::PlatformActors,
+    tenant::SharedPolicy,
     usage_accumulator::{CycleBatch, UsageAccumulator},
     Store,
 };
@@ -18,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     adapters::{
         redis::{RedisAdapterError, RedisProbe},
+        redis_limits::{RedisLimits, RedisLimitsConfig, RedisLimitsError},
         store::{EmbeddedStore, EmbeddedStoreError, MongoStore, MongoStoreError},
     },
     http::{self, HttpState},
@@ -46,6 +49,8 @@ pub enum AppError {
     Mongo(#[from] MongoStoreError),
     #[error(transparent)]
     Redis(#[from] RedisAdapterError),
+    #[error(transparent)]
+    RedisLimits(#[from] RedisLimitsError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
     #[error("proxy TLS: {0}")]
@@ -95,7 +100,30 @@ pub async fn run(
         None => None,
     };
     let catalog = Arc::new(settings.catalog.clone());
-    let actors = PlatformActors::start(store.clone(), catalog);
+    let mut actors = PlatformActors::start(store.clone(), catalog);
+    let shared_limits = match &settings.redis {
+        Some(r) => {
+            let limits = RedisLimits::new(
+                r.url.expose(),
+                RedisLimitsConfig {
+                    replica_id: settings.replica_id.clone(),
+                    key_prefix: r.key_prefix.clone(),
+                    lease_ttl: settings.limits.lease_ttl,
+                    demand_max_age: settings.limits.sync_interval * 3,
+                    heartbeat: settings.limits.sync_interval,
+                },
+            )?;
+            tokio::spawn(limits.clone().run_heartbeat());
+            let shared: Arc<dyn SharedLimits> = limits;
+            actors.tenants = actors.tenants.clone().with_shared_limits(SharedPolicy {
+                shared: shared.clone(),
+                central_below_qps: settings.limits.central_below_qps,
+                sync_interval: settings.limits.sync_interval,
+            });
+            Some(shared)
+        }
+        None => None,
+    };
     let sessions = Arc::new(SessionTable::default());
 
     let (cycle_tx, cycle_rx) = mpsc::channel(CYCLE_CHANNEL);
@@ -114,6 +142,8 @@ pub async fn run(
         sessions: sessions.clone(),
         cancel_keys: Arc::new(CancelKeys::default()),
         cycles: CycleSink::new(cycle_tx),
+        shared_limits,
+        replica_id: settings.replica_id.clone(),
     });
     listeners.proxy.set_nonblocking(true)?;
     let proxy_listener = tokio::net::TcpListener::from_std(listeners.proxy)?;

@@ -10,6 +10,7 @@ pub mod calibrator;
 pub mod domain;
 pub mod ping;
 pub mod rate_limiter;
+pub mod shared_limits;
 pub mod store;
 pub mod supervision;
 pub mod supervisor;

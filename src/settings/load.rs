@@ -113,6 +113,7 @@ fn build(options: &LoadOptions) -> Result<Config, config::ConfigError> {
         ("MONGODB_URL", "store.mongodb_url"),
         ("REDIS_URL", "redis.url"),
         ("DYNABASE_ADMIN_TOKEN", "http.admin_token"),
+        ("RAILWAY_REPLICA_ID", "replica.id"),
     ] {
         builder = builder.set_override_option(key, options.env.get(var).cloned())?;
     }

@@ -135,6 +135,12 @@ impl Server {
         None
     }
 
+    /// Hands over the process (to kill it without the harness's clean-up).
+    pub fn into_child(mut self) -> Child {
+        let placeholder = Command::new("true").spawn().expect("spawn true");
+        std::mem::replace(&mut self.child, placeholder)
+    }
+
     /// Sends SIGTERM and waits up to `limit` for the process to exit.
     pub fn terminate(mut self, limit: Duration) -> Option<ExitStatus> {
         let pid = self.child.id().to_string();
