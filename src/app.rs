@@ -38,8 +38,10 @@ pub struct Listeners {
     pub proxy: TcpListener,
 }
 
-/// Cycle events buffered between the proxy and the actors.
-const CYCLE_CHANNEL: usize = 65_536;
+/// Cycle events buffered between the proxy and the actors: enough for
+/// `CYCLE_DRAIN_INTERVAL` at over a million cycles per second.
+const CYCLE_CHANNEL: usize = 131_072;
+const CYCLE_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -198,14 +200,36 @@ pub async fn run(
 }
 
 /// Moves cycle events from the proxy's channel to the UsageAccumulator in
-/// batches, so the actor handles one message per batch, not per query.
+/// batches, so the actor handles one message per batch, not per query. It
+/// drains on a timer rather than waiting on the channel: a waiting receiver
+/// would be woken (a cross-thread wake-up) by every query.
 async fn forward_cycles(mut rx: mpsc::Receiver<CycleEvent>, usage: Addr<UsageAccumulator>) {
     const BATCH: usize = 4096;
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        usage.do_send(CycleBatch(std::mem::replace(
-            &mut batch,
-            Vec::with_capacity(BATCH),
-        )));
+    let mut tick = tokio::time::interval(CYCLE_DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            let mut batch = Vec::with_capacity(BATCH);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        if !batch.is_empty() {
+                            usage.do_send(CycleBatch(batch));
+                        }
+                        return;
+                    }
+                }
+            }
+            let full = batch.len() == BATCH;
+            if !batch.is_empty() {
+                usage.do_send(CycleBatch(batch));
+            }
+            if !full {
+                break;
+            }
+        }
     }
 }
