@@ -2,6 +2,8 @@
 //! over real HTTP.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
