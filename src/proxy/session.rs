@@ -245,7 +245,7 @@ async fn session(
 
     let params = upstream_params(&startup, &identity, &admission, &database);
     let org_name = identity.org.to_string();
-    let authenticated = tokio::time::timeout(
+    let authenticating = tokio::time::timeout(
         ctx.config.auth_timeout,
         upstream::authenticate(
             &mut stream,
@@ -259,8 +259,15 @@ async fn session(
                 database: database.clone(),
             },
         ),
-    )
-    .await;
+    );
+    // An operator (or shutdown) may end the session while it authenticates.
+    let authenticated = tokio::select! {
+        r = authenticating => Some(r),
+        () = registered.info.terminated() => None,
+    };
+    let Some(authenticated) = authenticated else {
+        return Err((stream, ClientError::AdminShutdown));
+    };
     let upstream = match authenticated {
         Err(_) => return Err((stream, ClientError::AuthTimeout)),
         Ok(Err(AuthError::Client(e))) => return Err((stream, e)),
