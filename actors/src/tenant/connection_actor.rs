@@ -186,6 +186,8 @@ impl ConnectionActor {
                 }
             }
         };
+        // Demand counted on the old gate still belongs to this sync period.
+        gate.add_offered(self.gate.load().take_offered());
         self.gate.store(Arc::new(gate));
     }
 

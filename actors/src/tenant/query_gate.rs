@@ -201,6 +201,11 @@ impl QueryGate {
         self.offered.swap(0, Ordering::Relaxed)
     }
 
+    /// Carries demand over from the gate this one replaces.
+    pub fn add_offered(&self, n: u64) {
+        self.offered.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Takes one cycle's worth of quota, says how long until one is free, or
     /// asks for the shared check.
     pub fn check(&self) -> GateVerdict {
