@@ -9,7 +9,9 @@ use actix::Addr;
 use dynabase_actors::{
     domain::cycle::CycleEvent,
     lifecycle::Tick,
+    shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
+    tenant::SharedPolicy,
     tier_cache::{NoTierCache, TierCache},
     usage_accumulator::{CycleBatch, UsageAccumulator},
     Store, UnixMillis,
@@ -21,6 +23,7 @@ use crate::{
     adapters::{
         outbound_webhook::{HttpNotificationSender, OutboundError},
         redis::{RedisAdapterError, RedisProbe},
+        redis_limits::{RedisLimits, RedisLimitsConfig, RedisLimitsError},
         redis_tier_cache::{spawn_invalidation_listener, RedisTierCache},
         store::{EmbeddedStore, EmbeddedStoreError, MongoStore, MongoStoreError},
         stripe_webhook::StripeWebhooks,
@@ -40,8 +43,10 @@ pub struct Listeners {
     pub proxy: TcpListener,
 }
 
-/// Cycle events buffered between the proxy and the actors.
-const CYCLE_CHANNEL: usize = 65_536;
+/// Cycle events buffered between the proxy and the actors: enough for
+/// `CYCLE_DRAIN_INTERVAL` at over a million cycles per second.
+const CYCLE_CHANNEL: usize = 131_072;
+const CYCLE_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -53,6 +58,8 @@ pub enum AppError {
     Redis(#[from] RedisAdapterError),
     #[error("outbound notifications: {0}")]
     Outbound(#[from] OutboundError),
+    #[error(transparent)]
+    RedisLimits(#[from] RedisLimitsError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
     #[error("proxy TLS: {0}")]
@@ -102,6 +109,24 @@ pub async fn run(
         None => None,
     };
     let catalog = Arc::new(settings.catalog.clone());
+    let shared_limits = match &settings.redis {
+        Some(r) => {
+            let limits = RedisLimits::new(
+                r.url.expose(),
+                RedisLimitsConfig {
+                    replica_id: settings.replica_id.clone(),
+                    key_prefix: r.key_prefix.clone(),
+                    lease_ttl: settings.limits.lease_ttl,
+                    demand_max_age: settings.limits.sync_interval * 3,
+                    heartbeat: settings.limits.sync_interval,
+                },
+            )?;
+            tokio::spawn(limits.clone().run_heartbeat());
+            let shared: Arc<dyn SharedLimits> = limits;
+            Some(shared)
+        }
+        None => None,
+    };
     let redis_client = match &settings.redis {
         Some(r) => Some(redis::Client::open(r.url.expose()).map_err(RedisAdapterError::BadUrl)?),
         None => None,
@@ -120,6 +145,11 @@ pub async fn run(
     )?;
     let actors = PlatformActors::start_with(PlatformDeps {
         tier_cache,
+        shared_limits: shared_limits.as_ref().map(|shared| SharedPolicy {
+            shared: shared.clone(),
+            central_below_qps: settings.limits.central_below_qps,
+            sync_interval: settings.limits.sync_interval,
+        }),
         policy: settings.lifecycle,
         prices: settings.stripe.prices.clone(),
         notification_sender: Arc::new(sender),
@@ -163,6 +193,8 @@ pub async fn run(
         sessions: sessions.clone(),
         cancel_keys: Arc::new(CancelKeys::default()),
         cycles: CycleSink::new(cycle_tx),
+        shared_limits,
+        replica_id: settings.replica_id.clone(),
     });
     listeners.proxy.set_nonblocking(true)?;
     let proxy_listener = tokio::net::TcpListener::from_std(listeners.proxy)?;
@@ -258,14 +290,36 @@ async fn refresh_tiers(actors: PlatformActors, max_age: Duration) {
 }
 
 /// Moves cycle events from the proxy's channel to the UsageAccumulator in
-/// batches, so the actor handles one message per batch, not per query.
+/// batches, so the actor handles one message per batch, not per query. It
+/// drains on a timer rather than waiting on the channel: a waiting receiver
+/// would be woken (a cross-thread wake-up) by every query.
 async fn forward_cycles(mut rx: mpsc::Receiver<CycleEvent>, usage: Addr<UsageAccumulator>) {
     const BATCH: usize = 4096;
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        usage.do_send(CycleBatch(std::mem::replace(
-            &mut batch,
-            Vec::with_capacity(BATCH),
-        )));
+    let mut tick = tokio::time::interval(CYCLE_DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            let mut batch = Vec::with_capacity(BATCH);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        if !batch.is_empty() {
+                            usage.do_send(CycleBatch(batch));
+                        }
+                        return;
+                    }
+                }
+            }
+            let full = batch.len() == BATCH;
+            if !batch.is_empty() {
+                usage.do_send(CycleBatch(batch));
+            }
+            if !full {
+                break;
+            }
+        }
     }
 }

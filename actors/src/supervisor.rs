@@ -24,7 +24,7 @@ use crate::{
     },
     rate_limiter::RateLimiter,
     store::Store,
-    tenant::TenantRegistry,
+    tenant::{SharedPolicy, TenantRegistry},
     tier_cache::{NoTierCache, TierCache},
     usage_accumulator::UsageAccumulator,
     webhook_handler::WebhookHandler,
@@ -49,6 +49,8 @@ pub struct PlatformDeps {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<TierCatalog>,
     pub tier_cache: Arc<dyn TierCache>,
+    /// Limits shared with other replicas (Redis), if any.
+    pub shared_limits: Option<SharedPolicy>,
     pub policy: LifecyclePolicy,
     pub prices: PriceMap,
     pub notification_sender: Arc<dyn NotificationSender>,
@@ -64,6 +66,7 @@ impl PlatformDeps {
             store,
             catalog,
             tier_cache: Arc::new(NoTierCache),
+            shared_limits: None,
             policy: LifecyclePolicy::default(),
             prices: PriceMap::default(),
             notification_sender: Arc::new(NoNotificationSender),
@@ -97,8 +100,11 @@ impl PlatformActors {
 
     /// Starts the actors on the current actix arbiter.
     pub fn start_with(deps: PlatformDeps) -> Self {
-        let tenants =
+        let mut tenants =
             TenantRegistry::new(deps.store.clone(), deps.catalog).with_tier_cache(deps.tier_cache);
+        if let Some(policy) = deps.shared_limits {
+            tenants = tenants.with_shared_limits(policy);
+        }
         let notifier = Notifier::new(
             deps.store.clone(),
             deps.notification_backoff,

@@ -3,6 +3,7 @@
 
 pub mod outbound_webhook;
 pub mod redis;
+pub mod redis_limits;
 pub mod redis_tier_cache;
 pub mod store;
 pub mod stripe_webhook;

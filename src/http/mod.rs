@@ -5,6 +5,7 @@
 
 mod auth;
 mod connections;
+pub mod customer_limits;
 pub mod error;
 mod health;
 mod lifecycle_admin;

@@ -119,6 +119,7 @@ fn build(options: &LoadOptions) -> Result<Config, config::ConfigError> {
             "DYNABASE_NOTIFICATION_SECRET",
             "notifications.signing_secret",
         ),
+        ("RAILWAY_REPLICA_ID", "replica.id"),
     ] {
         builder = builder.set_override_option(key, options.env.get(var).cloned())?;
     }

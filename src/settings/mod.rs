@@ -52,6 +52,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub proxy: ProxySettings,
     pub limits: LimitSettings,
+    /// This process's id among replicas.
+    pub replica_id: String,
     pub store: StoreSettings,
     /// `None` runs on in-process state.
     pub redis: Option<RedisSettings>,
@@ -99,6 +101,9 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
     pub max_queue_delay: Duration,
+    pub central_below_qps: u32,
+    pub sync_interval: Duration,
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

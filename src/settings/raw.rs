@@ -10,6 +10,7 @@ pub struct RawSettings {
     pub http: RawHttp,
     pub proxy: RawProxy,
     pub limits: RawLimits,
+    pub replica: RawReplica,
     pub store: RawStore,
     pub redis: RawRedis,
     pub shutdown: RawShutdown,
@@ -47,6 +48,14 @@ pub struct RawProxy {
 #[derive(Debug, Deserialize)]
 pub struct RawLimits {
     pub max_queue_delay: String,
+    pub central_below_qps: i64,
+    pub sync_interval: String,
+    pub lease_ttl: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawReplica {
+    pub id: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -298,7 +298,11 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         proxy,
         limits: LimitSettings {
             max_queue_delay: c.duration("limits.max_queue_delay", &raw.limits.max_queue_delay),
+            central_below_qps: c.count("limits.central_below_qps", raw.limits.central_below_qps, 0),
+            sync_interval: c.positive_duration("limits.sync_interval", &raw.limits.sync_interval),
+            lease_ttl: c.positive_duration("limits.lease_ttl", &raw.limits.lease_ttl),
         },
+        replica_id: replica_id(&raw.replica.id),
         store: StoreSettings {
             data_dir: PathBuf::from(raw.store.data_dir),
             mongodb,
@@ -370,6 +374,18 @@ fn notifications(c: &mut Checker, raw: &super::raw::RawNotifications) -> Notific
         max_attempts: c.count("notifications.max_attempts", raw.max_attempts, 1),
         backoff: Backoff { base, max },
     }
+}
+
+/// The configured id (or `RAILWAY_REPLICA_ID`), else a random one.
+fn replica_id(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let mut bytes = [0u8; 6];
+    if getrandom::fill(&mut bytes).is_err() {
+        return format!("replica-{}", std::process::id());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Stands in for a catalog with a missing tier so validation can continue.

@@ -8,8 +8,8 @@ pub mod registry;
 pub mod tier_lookup;
 
 pub use connection_actor::{
-    Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release, Snapshot,
-    TenantSnapshot,
+    Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release, SharedPolicy,
+    Snapshot, TenantSnapshot,
 };
 pub use query_gate::{GateVerdict, QueryGate, RateRefusal, SharedGate};
 pub use registry::{

@@ -14,7 +14,7 @@ use actix::{Addr, Arbiter, ArbiterHandle, Supervisor};
 use dashmap::DashMap;
 
 use super::{
-    connection_actor::ConnectionActor,
+    connection_actor::{ConnectionActor, SharedPolicy},
     tier_lookup::{Layer, TierLookup},
 };
 use crate::{
@@ -43,6 +43,7 @@ pub struct TenantRegistry {
     loading: Arc<DashMap<OrgId, Arc<tokio::sync::Mutex<()>>>>,
     /// Tenant actors run here, whichever thread asks for them.
     arbiter: ArbiterHandle,
+    shared: Option<SharedPolicy>,
 }
 
 impl TenantRegistry {
@@ -56,6 +57,7 @@ impl TenantRegistry {
             freshness: Arc::default(),
             loading: Arc::default(),
             arbiter: Arbiter::current(),
+            shared: None,
         }
     }
 
@@ -63,6 +65,13 @@ impl TenantRegistry {
     /// cloning the registry.
     pub fn with_tier_cache(mut self, cache: Arc<dyn TierCache>) -> Self {
         self.lookup = Arc::new(TierLookup::new(self.lookup.store().clone(), cache));
+        self
+    }
+
+    /// Tenant actors started from now on share their limits with other
+    /// replicas through `policy`.
+    pub fn with_shared_limits(mut self, policy: SharedPolicy) -> Self {
+        self.shared = Some(policy);
         self
     }
 
@@ -112,16 +121,17 @@ impl TenantRegistry {
         self.freshness.verified(&org, UnixMillis::now());
         let catalog = self.catalog.clone();
         let arbiter = &self.arbiter;
+        let shared = &self.shared;
         // Two callers may race here; the entry API keeps exactly one actor.
         let addr = self
             .actors
             .entry(id.clone())
             .and_modify(|existing| {
                 if !existing.connected() {
-                    *existing = start(arbiter, org.clone(), catalog.clone());
+                    *existing = start(arbiter, org.clone(), catalog.clone(), shared.clone());
                 }
             })
-            .or_insert_with(|| start(arbiter, org, catalog))
+            .or_insert_with(|| start(arbiter, org, catalog, shared.clone()))
             .clone();
         // An invalidation that arrived while this record was being read found
         // no actor to reload; reload now so the change is not missed.
@@ -154,6 +164,7 @@ fn start(
     arbiter: &ArbiterHandle,
     org: Organization,
     catalog: Arc<TierCatalog>,
+    shared: Option<SharedPolicy>,
 ) -> Addr<ConnectionActor> {
-    Supervisor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(org, catalog))
+    Supervisor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(org, catalog, shared))
 }
