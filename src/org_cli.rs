@@ -1,9 +1,10 @@
 //! `dynabase org …`: organization commands run directly against the
 //! configured store (MongoDB, or the embedded store when no server holds it).
 
-use dynabase_actors::{OrgId, Tier, UnixMillis, Upstream};
+use dynabase_actors::{tier_cache::TierCache, OrgId, Tier, UnixMillis, Upstream};
 
 use crate::{
+    adapters::redis_tier_cache::RedisTierCache,
     app::{open_store, AppError},
     cli::OrgCommand,
     org_admin::{self, CreateOrg, UpdateOrg},
@@ -73,7 +74,34 @@ pub async fn run(settings: &Settings, command: OrgCommand) -> Result<String, Org
                 ..UpdateOrg::default()
             };
             let org = org_admin::update(store.as_ref(), &id, change, "cli", now).await?;
-            Ok(format!("{} is now on tier {}", org.id, org.tier))
+            let announced = announce(settings, &org.id).await;
+            Ok(format!("{} is now on tier {}{announced}", org.id, org.tier))
         }
+    }
+}
+
+/// Tells running replicas (through Redis, when configured) that `id`
+/// changed; returns a note for the output when that was not possible.
+async fn announce(settings: &Settings, id: &OrgId) -> String {
+    let Some(redis) = &settings.redis else {
+        return String::new();
+    };
+    let sent = match redis::Client::open(redis.url.expose()) {
+        Ok(client) => {
+            match RedisTierCache::new(&client, &redis.key_prefix, settings.tier_cache.ttl) {
+                Ok(cache) => cache.invalidate(id).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match sent {
+        Ok(()) => String::new(),
+        Err(e) => format!(
+            " (running replicas could not be told: {e}; they pick the change up within {})",
+            humantime::format_duration(
+                settings.tier_cache.refresh_interval + settings.tier_cache.ttl
+            )
+        ),
     }
 }
