@@ -699,6 +699,7 @@ Stop it or set MONGO_PORT_DYNABASE=<port>."
         local bin
         bin="$(find_ferretdb)"
         echo ferretdb >"$MONGO_KINDFILE"
+        printf '%s\n' "$bin" >"$SD/ferretdb.path"
         logf="$FERRETDB_LOG"
         mkdir -p "$SD/ferretdb-data" "$SD/ferretdb-state"
         log "ferretdb: starting $bin on $HOST:$MONGO_PORT (sqlite backend, $SD/ferretdb-data)"
@@ -770,9 +771,14 @@ export DYNABASE_TEST_PG_MD5_PASSWORD=md5pass
 export DYNABASE_TEST_REDIS_URL=redis://$HOST:$REDIS_PORT
 export DYNABASE_TEST_MONGODB_URL=mongodb://$HOST:$MONGO_PORT
 EOF
-    # Tests that stop a MongoDB-wire server run their own FerretDB.
-    if [[ -x "$FERRETDB_BIN" ]]; then
-        echo "export DYNABASE_TEST_FERRETDB_BIN=$FERRETDB_BIN" >>"$SD/env.tmp"
+    # Tests that stop a MongoDB-wire server run their own FerretDB: the one
+    # this script started, else the one it would build.
+    local ferretdb_bin="$FERRETDB_BIN"
+    if [[ -f "$SD/ferretdb.path" ]]; then
+        ferretdb_bin="$(head -n1 "$SD/ferretdb.path")"
+    fi
+    if [[ -x "$ferretdb_bin" ]]; then
+        echo "export DYNABASE_TEST_FERRETDB_BIN=$ferretdb_bin" >>"$SD/env.tmp"
     fi
     mv -f "$SD/env.tmp" "$SD/env"
 }
