@@ -18,8 +18,9 @@ use crate::{
     },
     lifecycle::{
         billing::BillingEffects,
-        notifier::{DeliveryError, NotificationSender, Notifier},
+        notifier::Notifier,
         scheduler::{LifecycleScheduler, SchedulerDeps},
+        sender::{DeliveryError, NotificationSender},
         TierChanger,
     },
     rate_limiter::RateLimiter,

@@ -6,7 +6,8 @@
 //!   first (compare-and-set), then audit, actors, cache invalidation on every
 //!   replica, notifications.
 //! - [`billing`]: what billing-provider events do.
-//! - [`notifier`]: notification records and outbound webhooks.
+//! - [`notifier`]: notification records and outbound webhooks, sent through
+//!   the [`sender`] port.
 //! - [`scheduler`]: the actor whose `Tick { now }` applies what is due.
 
 pub mod billing;
@@ -14,11 +15,10 @@ pub mod changer;
 pub mod notifier;
 pub mod policy;
 pub mod scheduler;
+pub mod sender;
 
 pub use changer::{BillingLink, ChangeError, ChangeRequest, Outcome, TierChanger};
-pub use notifier::{
-    DeliveryError, DeliveryReport, NotificationKind, NotificationSender, Notifier,
-    OutboundNotification,
-};
+pub use notifier::{DeliveryReport, NotificationKind, Notifier, OutboundNotification};
 pub use policy::Mode;
 pub use scheduler::{LifecycleScheduler, Tick, TickReport};
+pub use sender::{DeliveryError, NotificationSender};

@@ -11,7 +11,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_trait::async_trait;
 use futures_util::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +23,7 @@ use crate::{
         tier::Tier,
         time::UnixMillis,
     },
+    lifecycle::sender::NotificationSender,
     store::{Store, StoreError},
 };
 
@@ -55,31 +55,6 @@ impl NotificationKind {
             NotificationKind::PaymentRecovered => "payment_recovered",
         }
     }
-}
-
-/// Why an outbound notification was not delivered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliveryError {
-    #[error("receiver answered HTTP {0}")]
-    Rejected(u16),
-    #[error("receiver unreachable: {0}")]
-    Unreachable(String),
-    #[error("notification URL unusable: {0}")]
-    BadUrl(String),
-}
-
-impl DeliveryError {
-    /// Retrying cannot help.
-    fn is_permanent(&self) -> bool {
-        matches!(self, DeliveryError::BadUrl(_))
-    }
-}
-
-/// Sends one outbound notification (the binary's HTTP adapter).
-#[async_trait]
-pub trait NotificationSender: Send + Sync + 'static {
-    /// POSTs `body` (JSON) to `url`; `Ok` only on a 2xx answer.
-    async fn send(&self, url: &str, body: &str, now: UnixMillis) -> Result<(), DeliveryError>;
 }
 
 /// Why a notification could not be recorded.

@@ -21,8 +21,9 @@ use crate::{
     domain::{org_id::OrgId, tier::Tier, time::UnixMillis},
     lifecycle::{
         changer::{Outcome, TierChanger},
-        notifier::{DeliveryReport, NotificationSender, Notifier},
+        notifier::{DeliveryReport, Notifier},
         policy,
+        sender::NotificationSender,
     },
     webhook_handler::{EventsReport, ProcessDue, WebhookHandler},
 };
