@@ -5,15 +5,9 @@
 
 use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
-use actix::Addr;
-use dynabase_actors::{
-    domain::cycle::CycleEvent,
-    supervisor::PlatformActors,
-    usage_accumulator::{CycleBatch, UsageAccumulator},
-    Store,
-};
+use dynabase_actors::{supervisor::PlatformActors, ClockAnchor, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{
     adapters::{
@@ -22,10 +16,11 @@ use crate::{
     },
     http::{self, HttpState},
     proxy::{
-        self, cancel::CancelKeys, cycle::CycleSink, sessions::SessionTable, tls::TlsError,
-        ProxyConfig, ProxyContext,
+        self, cancel::CancelKeys, cycle, sessions::SessionTable, tls::TlsError, ProxyConfig,
+        ProxyContext,
     },
     settings::{Settings, StoreSettings},
+    usage_feed::{self, UsageFeed, UsageFeedError},
 };
 
 /// Bound sockets the platform serves on (bound by the caller, so tests and
@@ -37,6 +32,9 @@ pub struct Listeners {
 
 /// Cycle events buffered between the proxy and the actors.
 const CYCLE_CHANNEL: usize = 65_536;
+/// The shutdown flush gets at least this long, even when sessions used up
+/// the shutdown deadline: unwritten usage is unbilled usage.
+const MIN_FLUSH_TIME: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -50,6 +48,8 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error("proxy TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("usage: {0}")]
+    Usage(#[from] UsageFeedError),
     #[error(
         "http.admin_token is empty: set DYNABASE_ADMIN_TOKEN, or run in development mode (`dynabase serve --dev`)"
     )]
@@ -95,11 +95,18 @@ pub async fn run(
         None => None,
     };
     let catalog = Arc::new(settings.catalog.clone());
-    let actors = PlatformActors::start(store.clone(), catalog);
+    let anchor = ClockAnchor::now();
+    let usage_config = usage_feed::usage_config(&settings, anchor)?;
+    let actors = PlatformActors::start(store.clone(), catalog.clone(), usage_config);
     let sessions = Arc::new(SessionTable::default());
 
-    let (cycle_tx, cycle_rx) = mpsc::channel(CYCLE_CHANNEL);
-    tokio::spawn(forward_cycles(cycle_rx, actors.usage.clone()));
+    let (cycles, cycle_source) = cycle::channel(CYCLE_CHANNEL, anchor);
+    let cycles = if settings.usage.enabled {
+        cycles
+    } else {
+        cycle::CycleSink::disabled()
+    };
+    let usage_feed = UsageFeed::start(cycle_source, actors.usage.clone());
     let proxy_ctx = Arc::new(ProxyContext {
         config: ProxyConfig {
             handshake_timeout: settings.proxy.handshake_timeout,
@@ -113,7 +120,7 @@ pub async fn run(
         tenants: actors.tenants.clone(),
         sessions: sessions.clone(),
         cancel_keys: Arc::new(CancelKeys::default()),
-        cycles: CycleSink::new(cycle_tx),
+        cycles,
     });
     listeners.proxy.set_nonblocking(true)?;
     let proxy_listener = tokio::net::TcpListener::from_std(listeners.proxy)?;
@@ -130,6 +137,7 @@ pub async fn run(
         metrics,
         redis,
         sessions: sessions.clone(),
+        catalog,
     };
     let server = http::serve(listeners.http, state, settings.shutdown_deadline)?;
     let handle = server.handle();
@@ -163,19 +171,24 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    // Every session has ended, so every cycle is in the feed: write it all.
+    let now = std::time::Instant::now();
+    let flush_deadline = now
+        + deadline
+            .into_std()
+            .saturating_duration_since(now)
+            .max(MIN_FLUSH_TIME);
+    match usage_feed.flush(flush_deadline).await {
+        Some(report) if report.complete => {
+            tracing::info!(records = report.records_written, "usage flushed")
+        }
+        Some(report) => tracing::error!(
+            pending_records = report.pending_records,
+            open_buckets = report.open_buckets,
+            "usage could not be written before exit"
+        ),
+        None => tracing::error!("usage flush failed: the accumulator is gone"),
+    }
     server_task.abort();
     Ok(())
-}
-
-/// Moves cycle events from the proxy's channel to the UsageAccumulator in
-/// batches, so the actor handles one message per batch, not per query.
-async fn forward_cycles(mut rx: mpsc::Receiver<CycleEvent>, usage: Addr<UsageAccumulator>) {
-    const BATCH: usize = 4096;
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        usage.do_send(CycleBatch(std::mem::replace(
-            &mut batch,
-            Vec::with_capacity(BATCH),
-        )));
-    }
 }

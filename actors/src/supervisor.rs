@@ -8,8 +8,13 @@ use std::sync::Arc;
 use actix::{Addr, Supervisor};
 
 use crate::{
-    calibrator::Calibrator, domain::catalog::TierCatalog, rate_limiter::RateLimiter, store::Store,
-    tenant::TenantRegistry, usage_accumulator::UsageAccumulator, webhook_handler::WebhookHandler,
+    calibrator::Calibrator,
+    domain::catalog::TierCatalog,
+    rate_limiter::RateLimiter,
+    store::Store,
+    tenant::TenantRegistry,
+    usage_accumulator::{UsageAccumulator, UsageConfig},
+    webhook_handler::WebhookHandler,
 };
 
 /// Addresses of the running actors. Cheap to clone.
@@ -24,10 +29,13 @@ pub struct PlatformActors {
 
 impl PlatformActors {
     /// Starts the actors on the current actix arbiter.
-    pub fn start(store: Arc<dyn Store>, catalog: Arc<TierCatalog>) -> Self {
+    pub fn start(store: Arc<dyn Store>, catalog: Arc<TierCatalog>, usage: UsageConfig) -> Self {
+        let (usage_store, usage_catalog) = (store.clone(), catalog.clone());
         Self {
             rate_limiter: Supervisor::start(|_| RateLimiter::default()),
-            usage: Supervisor::start(|_| UsageAccumulator::default()),
+            usage: Supervisor::start(move |_| {
+                UsageAccumulator::new(usage_store, usage_catalog, usage)
+            }),
             calibrator: Supervisor::start(|_| Calibrator::default()),
             webhooks: Supervisor::start(|_| WebhookHandler::default()),
             tenants: TenantRegistry::new(store, catalog),
@@ -51,7 +59,7 @@ mod tests {
         assert_eq!(pong.actor, "rate_limiter");
 
         // Every service actor is supervised the same way.
-        let usage = Supervisor::start(|_| UsageAccumulator::default());
+        let usage = Supervisor::start(|_| crate::usage_accumulator::tests::accumulator().0);
         usage.do_send(InjectFault);
         assert_eq!(usage.send(Ping).await.unwrap().restarts, 1);
     }

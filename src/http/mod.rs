@@ -1,19 +1,22 @@
-//! The HTTP API (actix-web): health, readiness, metrics and the admin routes.
+//! The HTTP API (actix-web): health, readiness, metrics, the admin routes
+//! and the customer's usage route.
 //!
 //! Handlers translate HTTP to store calls and actor messages; they hold no
 //! policy of their own.
 
+mod api_token;
 mod auth;
 mod connections;
 pub mod error;
 mod health;
 mod org_body;
 mod orgs;
+mod usage;
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{dev::Server, web, App, HttpServer};
-use dynabase_actors::{supervisor::PlatformActors, Store};
+use dynabase_actors::{supervisor::PlatformActors, Store, TierCatalog};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{adapters::redis::RedisProbe, proxy::sessions::SessionTable, settings::Secret};
@@ -28,6 +31,7 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub redis: Option<RedisProbe>,
     pub sessions: Arc<SessionTable>,
+    pub catalog: Arc<TierCatalog>,
 }
 
 /// Registers every route.
@@ -40,7 +44,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(orgs::show)
         .service(orgs::update)
         .service(connections::for_org)
-        .service(connections::terminate);
+        .service(connections::terminate)
+        .service(usage::admin_report)
+        .service(usage::adjust)
+        .service(usage::issue_token)
+        .service(usage::customer_report);
 }
 
 /// Starts serving on `listener`; the caller stops it through the returned

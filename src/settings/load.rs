@@ -2,7 +2,7 @@
 //!
 //! `config/default.toml` → `config/tiers.toml` → `config/$DYNABASE_ENV.toml`
 //! (optional) → `DYNABASE__SECTION__KEY` → the conventional variables `PORT`,
-//! `MONGODB_URL`, `REDIS_URL`, `DYNABASE_ADMIN_TOKEN`. When the config
+//! `MONGODB_URL`, `REDIS_URL`, `DYNABASE_ADMIN_TOKEN`, `RAILWAY_REPLICA_ID`. When the config
 //! directory has no `default.toml`/`tiers.toml`, copies compiled into the
 //! binary are used, so the binary runs from any directory.
 
@@ -113,6 +113,7 @@ fn build(options: &LoadOptions) -> Result<Config, config::ConfigError> {
         ("MONGODB_URL", "store.mongodb_url"),
         ("REDIS_URL", "redis.url"),
         ("DYNABASE_ADMIN_TOKEN", "http.admin_token"),
+        ("RAILWAY_REPLICA_ID", "usage.replica_id"),
     ] {
         builder = builder.set_override_option(key, options.env.get(var).cloned())?;
     }

@@ -114,6 +114,12 @@ pub struct RedisSettings {
 
 #[derive(Debug, Clone)]
 pub struct UsageSettings {
+    pub enabled: bool,
     pub flush_interval: Duration,
+    /// `None`: generated once and kept under `store.data_dir`.
+    pub replica_id: Option<String>,
+    pub max_pending_records: usize,
+    pub retry_max_backoff: Duration,
+    pub warning_check_interval: Duration,
     pub factors: UsageFactors,
 }

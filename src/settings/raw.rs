@@ -71,7 +71,12 @@ pub struct RawLifecycle {
 
 #[derive(Debug, Deserialize)]
 pub struct RawUsage {
+    pub enabled: bool,
     pub flush_interval: String,
+    pub replica_id: String,
+    pub max_pending_records: i64,
+    pub retry_max_backoff: String,
+    pub warning_check_interval: String,
     pub factors: BTreeMap<String, RawFactor>,
 }
 

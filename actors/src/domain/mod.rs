@@ -1,5 +1,6 @@
 //! Domain types shared by the actors, the store port and the adapters.
 
+pub mod calendar;
 pub mod catalog;
 pub mod cycle;
 pub mod org_id;
@@ -7,3 +8,5 @@ pub mod organization;
 pub mod records;
 pub mod tier;
 pub mod time;
+pub mod usage;
+pub mod usage_report;

@@ -12,6 +12,7 @@
 //! | index                    | key                                          |
 //! |--------------------------|----------------------------------------------|
 //! | `usage_by_org_period`    | `<org>/<period>/<window_start>/<usage key>`  |
+//! | `adjustments_by_org_period` | `<org>/<period>/<created_at>/<seq>`       |
 //! | `invoices_by_org`        | `<org>/<created_at>/<seq>`                   |
 //! | `notifications_by_org`   | `<org>/<created_at>/<seq>`                   |
 //! | `tier_changes` (primary) | `<org>/<at>/<seq>`                           |
@@ -33,7 +34,7 @@ use async_trait::async_trait;
 use dynabase_actors::{
     domain::records::{
         CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-        UsageRecord, Write,
+        UsageAdjustment, UsageRecord, Write,
     },
     OrgId, Organization, Store, StoreError,
 };
@@ -51,6 +52,10 @@ type IndexTable = TableDefinition<'static, &'static str, &'static str>;
 const ORGS: DocTable = TableDefinition::new("organizations");
 const USAGE: DocTable = TableDefinition::new("usage");
 const USAGE_BY_ORG_PERIOD: IndexTable = TableDefinition::new("usage_by_org_period");
+const ADJUSTMENTS: DocTable = TableDefinition::new("usage_adjustments");
+const ADJUSTMENTS_BY_ORG_PERIOD: IndexTable = TableDefinition::new("adjustments_by_org_period");
+/// Org id → SHA-256 hash (hex) of its API token.
+const API_TOKENS: IndexTable = TableDefinition::new("api_tokens");
 const EVENTS: DocTable = TableDefinition::new("webhook_events");
 const INVOICES: DocTable = TableDefinition::new("invoices");
 const INVOICES_BY_ORG: IndexTable = TableDefinition::new("invoices_by_org");
@@ -151,6 +156,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     for table in [
         ORGS,
         USAGE,
+        ADJUSTMENTS,
         EVENTS,
         INVOICES,
         CALIBRATIONS,
@@ -159,7 +165,13 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     ] {
         txn.open_table(table)?;
     }
-    for index in [USAGE_BY_ORG_PERIOD, INVOICES_BY_ORG, NOTIFICATIONS_BY_ORG] {
+    for index in [
+        USAGE_BY_ORG_PERIOD,
+        ADJUSTMENTS_BY_ORG_PERIOD,
+        API_TOKENS,
+        INVOICES_BY_ORG,
+        NOTIFICATIONS_BY_ORG,
+    ] {
         txn.open_table(index)?;
     }
     txn.open_table(META)?;
@@ -233,6 +245,22 @@ fn insert_if_absent(
     index: Option<(IndexTable, IndexKey)>,
 ) -> Result<Write, StoreError> {
     let txn = db.begin_write().map_err(unavailable)?;
+    let write = insert_in(&txn, table, key, value, index)?;
+    match write {
+        Write::Applied => txn.commit().map_err(unavailable)?,
+        Write::AlreadyApplied => txn.abort().map_err(unavailable)?,
+    }
+    Ok(write)
+}
+
+/// The body of [`insert_if_absent`] inside a caller's transaction.
+fn insert_in(
+    txn: &WriteTransaction,
+    table: DocTable,
+    key: &str,
+    value: &[u8],
+    index: Option<(IndexTable, IndexKey)>,
+) -> Result<Write, StoreError> {
     let exists = {
         let mut docs = txn.open_table(table).map_err(unavailable)?;
         let exists = docs.get(key).map_err(unavailable)?.is_some();
@@ -242,19 +270,33 @@ fn insert_if_absent(
         exists
     };
     if exists {
-        txn.abort().map_err(unavailable)?;
         return Ok(Write::AlreadyApplied);
     }
     if let Some((index, index_key)) = index {
         let index_key = match index_key {
             IndexKey::Exact(k) => k,
-            IndexKey::Sequenced(prefix) => format!("{prefix}/{:020}", next_seq(&txn)?),
+            IndexKey::Sequenced(prefix) => format!("{prefix}/{:020}", next_seq(txn)?),
         };
         let mut idx = txn.open_table(index).map_err(unavailable)?;
         idx.insert(index_key.as_str(), key).map_err(unavailable)?;
     }
-    txn.commit().map_err(unavailable)?;
     Ok(Write::Applied)
+}
+
+/// A usage record's primary key, bytes and index entry.
+fn usage_entry(record: &UsageRecord) -> Result<(String, Vec<u8>, IndexKey), StoreError> {
+    let index_key = format!(
+        "{}/{}/{}/{}",
+        record.org,
+        record.period,
+        sortable_millis(record.window_start.0),
+        record.key
+    );
+    Ok((
+        record.key.clone(),
+        encode("usage record", record)?,
+        IndexKey::Exact(index_key),
+    ))
 }
 
 /// Reads one document by key.
@@ -389,23 +431,99 @@ impl Store for EmbeddedStore {
     }
 
     async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError> {
-        let bytes = encode("usage record", record)?;
-        let key = record.key.clone();
-        let index_key = format!(
-            "{}/{}/{}/{}",
-            record.org,
-            record.period,
-            sortable_millis(record.window_start.0),
-            record.key
-        );
+        let (key, bytes, index_key) = usage_entry(record)?;
         self.run(move |db| {
             insert_if_absent(
                 db,
                 USAGE,
                 &key,
                 &bytes,
-                Some((USAGE_BY_ORG_PERIOD, IndexKey::Exact(index_key))),
+                Some((USAGE_BY_ORG_PERIOD, index_key)),
             )
+        })
+        .await
+    }
+
+    async fn record_usage_batch(&self, records: &[UsageRecord]) -> Result<Vec<Write>, StoreError> {
+        let entries = records
+            .iter()
+            .map(usage_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        // One transaction (one fsync) for the whole flush.
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let mut writes = Vec::with_capacity(entries.len());
+            for (key, bytes, index_key) in entries {
+                writes.push(insert_in(
+                    &txn,
+                    USAGE,
+                    &key,
+                    &bytes,
+                    Some((USAGE_BY_ORG_PERIOD, index_key)),
+                )?);
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(writes)
+        })
+        .await
+    }
+
+    async fn add_usage_adjustment(&self, a: &UsageAdjustment) -> Result<Write, StoreError> {
+        let bytes = encode("usage adjustment", a)?;
+        let key = a.key.clone();
+        let prefix = format!("{}/{}/{}", a.org, a.period, sortable_millis(a.created_at.0));
+        self.run(move |db| {
+            insert_if_absent(
+                db,
+                ADJUSTMENTS,
+                &key,
+                &bytes,
+                Some((ADJUSTMENTS_BY_ORG_PERIOD, IndexKey::Sequenced(prefix))),
+            )
+        })
+        .await
+    }
+
+    async fn usage_adjustments(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError> {
+        let prefix = format!("{org}/{period}");
+        self.run(move |db| docs_by_index(db, ADJUSTMENTS_BY_ORG_PERIOD, ADJUSTMENTS, &prefix))
+            .await
+    }
+
+    async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError> {
+        let (org, hash) = (org.clone(), hash.to_owned());
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let known = txn
+                .open_table(ORGS)
+                .map_err(unavailable)?
+                .get(org.as_str())
+                .map_err(unavailable)?
+                .is_some();
+            if !known {
+                txn.abort().map_err(unavailable)?;
+                return Err(StoreError::NotFound(org));
+            }
+            txn.open_table(API_TOKENS)
+                .map_err(unavailable)?
+                .insert(org.as_str(), hash.as_str())
+                .map_err(unavailable)?;
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn api_token_hash(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
+        let org = org.clone();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let tokens = txn.open_table(API_TOKENS).map_err(unavailable)?;
+            let found = tokens.get(org.as_str()).map_err(unavailable)?;
+            Ok(found.map(|v| v.value().to_owned()))
         })
         .await
     }

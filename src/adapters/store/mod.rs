@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod mongo;
+mod mongo_usage;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreError};
 pub use mongo::{MongoStore, MongoStoreError};

@@ -1,0 +1,188 @@
+//! The usage feed: the task between the proxy's [`CycleSink`] and the
+//! `UsageAccumulator` actor, and what the app needs to set the accumulator
+//! up (its configuration, the replica id) and to flush it at shutdown.
+//!
+//! The forwarder waits for the actor to take each batch (`send().await`,
+//! not `do_send`), so when the actor falls behind the proxy's channel fills
+//! and the sink folds events into aggregates instead of the actor's mailbox
+//! growing without bound. The shutdown flush goes through the forwarder too,
+//! so every event already in the channel reaches the actor before
+//! [`Flush`] does (an actor's mailbox is FIFO).
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use actix::Addr;
+use dynabase_actors::{
+    domain::cycle::CycleEvent,
+    usage_accumulator::{
+        BookConfig, CycleBatch, Flush, FlushReport, FoldedBatch, UsageAccumulator, UsageConfig,
+    },
+    ClockAnchor,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    proxy::cycle::{CycleSource, Overflow},
+    settings::Settings,
+};
+
+/// Events per message to the actor, at most.
+const BATCH: usize = 4096;
+/// Records per store write, at most.
+const MAX_BATCH_RECORDS: usize = 500;
+/// File under `store.data_dir` keeping a generated replica id.
+const REPLICA_ID_FILE: &str = "replica-id";
+
+/// Why the feed could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageFeedError {
+    #[error("cannot keep the replica id in {path}: {source}")]
+    ReplicaId {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot generate a random id: {0}")]
+    Random(#[from] getrandom::Error),
+}
+
+fn random_hex(bytes: usize) -> Result<String, UsageFeedError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The configured replica id, or the one generated earlier in `data_dir`,
+/// or a new one kept there for next time.
+pub fn replica_id(configured: Option<&str>, data_dir: &Path) -> Result<String, UsageFeedError> {
+    if let Some(id) = configured {
+        return Ok(id.to_owned());
+    }
+    let path = data_dir.join(REPLICA_ID_FILE);
+    let keep = |source| UsageFeedError::ReplicaId {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(keep(e)),
+    }
+    let id = format!("r{}", random_hex(6)?);
+    std::fs::create_dir_all(data_dir).map_err(keep)?;
+    std::fs::write(&path, &id).map_err(keep)?;
+    Ok(id)
+}
+
+/// The accumulator's configuration from settings.
+pub fn usage_config(
+    settings: &Settings,
+    anchor: ClockAnchor,
+) -> Result<UsageConfig, UsageFeedError> {
+    let usage = &settings.usage;
+    let replica = replica_id(usage.replica_id.as_deref(), &settings.store.data_dir)?;
+    tracing::info!(replica = %replica, "usage replica id");
+    Ok(UsageConfig {
+        flush_interval: usage.flush_interval,
+        warning_check_interval: usage.warning_check_interval,
+        anchor,
+        book: BookConfig {
+            replica,
+            // New per process start, so a restarted replica never reuses a key.
+            boot: random_hex(4)?,
+            factors: usage.factors,
+            max_pending: usage.max_pending_records,
+            max_batch: MAX_BATCH_RECORDS,
+            retry_base: usage.flush_interval,
+            retry_max: usage.retry_max_backoff,
+        },
+    })
+}
+
+struct FlushRequest {
+    deadline: Instant,
+    reply: oneshot::Sender<Option<FlushReport>>,
+}
+
+/// The running forwarder.
+pub struct UsageFeed {
+    control: mpsc::Sender<FlushRequest>,
+}
+
+impl UsageFeed {
+    /// Spawns the forwarder on the current runtime.
+    pub fn start(source: CycleSource, usage: Addr<UsageAccumulator>) -> Self {
+        let (control, requests) = mpsc::channel(1);
+        tokio::spawn(forward(source, usage, requests));
+        Self { control }
+    }
+
+    /// Delivers every event recorded so far, then has the accumulator write
+    /// everything before `deadline`. `None` if the feed or actor is gone.
+    pub async fn flush(&self, deadline: Instant) -> Option<FlushReport> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(FlushRequest { deadline, reply })
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+async fn forward(
+    mut source: CycleSource,
+    usage: Addr<UsageAccumulator>,
+    mut requests: mpsc::Receiver<FlushRequest>,
+) {
+    let overflow = source.overflow();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            Some(request) = requests.recv() => {
+                source.drain_into(&mut batch);
+                deliver(&usage, &mut batch, &overflow).await;
+                let report = usage.send(Flush { deadline: request.deadline }).await.ok();
+                let _ = request.reply.send(report);
+            }
+            n = source.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    // Every sink is gone: nothing more will come.
+                    deliver(&usage, &mut batch, &overflow).await;
+                    break;
+                }
+                deliver(&usage, &mut batch, &overflow).await;
+            }
+            () = overflow.folded() => deliver(&usage, &mut batch, &overflow).await,
+        }
+    }
+}
+
+/// Hands the batch and any folded aggregates to the actor, waiting until it
+/// has taken them.
+async fn deliver(usage: &Addr<UsageAccumulator>, batch: &mut Vec<CycleEvent>, overflow: &Overflow) {
+    if !batch.is_empty() {
+        let events = std::mem::replace(batch, Vec::with_capacity(BATCH));
+        let n = events.len() as u64;
+        if let Err(e) = usage.send(CycleBatch(events)).await {
+            lost(n, &e);
+        }
+    }
+    let folded = overflow.take_folded();
+    if !folded.is_empty() {
+        let n = folded.iter().map(|f| f.cycles).sum();
+        if let Err(e) = usage.send(FoldedBatch(folded)).await {
+            lost(n, &e);
+        }
+    }
+}
+
+fn lost(events: u64, error: &actix::MailboxError) {
+    metrics::counter!("dynabase_usage_events_lost_total").increment(events);
+    tracing::error!(events, %error, "usage events lost: the accumulator did not take them");
+}
