@@ -111,8 +111,11 @@ pub fn billable_vcpu_hours(records: &[UsageRecord], adjustments: &[UsageAdjustme
     measured + adjustments.iter().map(|a| a.vcpu_hours).sum::<Decimal>()
 }
 
+/// Cents, always written with two places ("0.00", "5.25").
 fn money(d: Decimal) -> Decimal {
-    d.round_dp_with_strategy(MONEY_DP, RoundingStrategy::MidpointAwayFromZero)
+    let mut cents = d.round_dp_with_strategy(MONEY_DP, RoundingStrategy::MidpointAwayFromZero);
+    cents.rescale(MONEY_DP);
+    cents
 }
 
 /// `total` extrapolated from the elapsed part of the period to all of it;
@@ -304,5 +307,18 @@ mod tests {
         assert_eq!(report.percent_used, Some(dec("150")));
         assert_eq!(report.overage_vcpu_hours, Some(dec("2.5")));
         assert_eq!(report.overage_cost, None);
+        let mut pro = starter();
+        pro.overage_per_vcpu_hour = Some(dec("0.12"));
+        pro.included_vcpu_hours = Some(dec("200"));
+        let report = UsageReport::build(ReportInput {
+            org: &OrgId::parse("acme").unwrap(),
+            limits: &pro,
+            period: &oct,
+            records: &records,
+            adjustments: Vec::new(),
+            now: UnixMillis(oct.end().0 + 1),
+        });
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["overage_cost"], "0.00");
     }
 }
