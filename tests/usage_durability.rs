@@ -73,9 +73,11 @@ async fn sigterm_during_load_loses_nothing() {
     finish(&stop, tasks).await;
     let status = waiter.join().unwrap().expect("exited");
     assert!(status.success(), "{status:?}");
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.errors, 0);
-    let completed = seen.completed.len() as u64;
+    let completed = {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.errors, 0);
+        seen.completed.len() as u64
+    };
     assert!(completed > 30, "load ran: {completed}");
 
     let server = embedded(dir.path(), FLUSH);
