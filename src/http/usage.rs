@@ -18,6 +18,7 @@ use dynabase_actors::{
         records::{Period, UsageAdjustment, Write},
         usage_report::{ReportInput, UsageReport},
     },
+    usage_accumulator::UsageChanged,
     OrgId, UnixMillis,
 };
 use rust_decimal::Decimal;
@@ -207,6 +208,11 @@ pub async fn adjust(
                 "usage adjustment"
             );
             metrics::counter!("dynabase_usage_adjustments_total").increment(1);
+            // The new total may cross a warning threshold.
+            state.actors.usage.do_send(UsageChanged {
+                org: org.clone(),
+                period: adjustment.period.clone(),
+            });
             Ok(HttpResponse::Created().json(adjustment))
         }
         // A retried request with the same key.

@@ -375,15 +375,16 @@ impl CycleSink {
 }
 
 impl CycleSource {
-    /// Receives up to `limit` events into `buf`; 0 when every sink is gone.
-    pub async fn recv_many(&mut self, buf: &mut Vec<CycleEvent>, limit: usize) -> usize {
-        self.rx.recv_many(buf, limit).await
-    }
-
-    /// Moves every event already in the channel into `buf`.
-    pub fn drain_into(&mut self, buf: &mut Vec<CycleEvent>) {
-        while let Ok(event) = self.rx.try_recv() {
-            buf.push(event);
+    /// Moves every event already in the channel into `buf` without waiting
+    /// (and without registering for wake-ups: see `usage_feed`). Returns
+    /// false once every sink is gone and the channel is empty.
+    pub fn drain_into(&mut self, buf: &mut Vec<CycleEvent>) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(event) => buf.push(event),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
         }
     }
 

@@ -179,6 +179,36 @@ mod tests {
     }
 
     #[test]
+    fn usage_factors_are_exact_decimals_and_the_replica_id_comes_from_railway() {
+        let (_dir, opts) = options(
+            &[
+                ("RAILWAY_REPLICA_ID", "5f2c-a1"),
+                ("DYNABASE__USAGE__ENABLED", "false"),
+                ("DYNABASE__USAGE__FACTORS__UPDATE__COMPLEXITY", "1.4"),
+            ],
+            &[],
+        );
+        let s = load(&opts).expect("valid");
+        let dec = |v: &str| v.parse::<rust_decimal::Decimal>().unwrap();
+        assert_eq!(s.usage.factors.insert.complexity, dec("1.2"));
+        assert_eq!(s.usage.factors.update.complexity, dec("1.4"));
+        assert_eq!(s.usage.replica_id.as_deref(), Some("5f2c-a1"));
+        assert!(!s.usage.enabled);
+        let (_dir, bad) = options(
+            &[
+                ("RAILWAY_REPLICA_ID", "a:b"),
+                ("DYNABASE__USAGE__FACTORS__DDL__PARALLELISM", "0"),
+            ],
+            &[],
+        );
+        let Err(SettingsError::Invalid(problems)) = load(&bad) else {
+            panic!("must be invalid")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["usage.factors.ddl.parallelism", "usage.replica_id"]);
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let (_dir, opts) = options(
             &[("DYNABASE_ENV", "bad"), ("DYNABASE__HTTP__COLOUR", "blue")],

@@ -32,7 +32,8 @@ use crate::{
     domain::{
         catalog::TierCatalog,
         cycle::CycleEvent,
-        records::Write,
+        org_id::OrgId,
+        records::{Period, Write},
         time::{ClockAnchor, UnixMillis},
     },
     ping::{InjectFault, Ping, Pong},
@@ -74,6 +75,15 @@ pub struct FlushReport {
     pub records_written: u64,
     pub records_already_applied: u64,
     pub failed_writes: u64,
+}
+
+/// An org's total for a period changed outside the accumulator (an operator
+/// adjustment): its usage warnings are checked at the next flush.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UsageChanged {
+    pub org: OrgId,
+    pub period: Period,
 }
 
 /// Reads the accumulator's state.
@@ -354,6 +364,13 @@ impl Handler<Flush> for UsageAccumulator {
                 report
             }),
         )
+    }
+}
+
+impl Handler<UsageChanged> for UsageAccumulator {
+    type Result = ();
+    fn handle(&mut self, msg: UsageChanged, _: &mut Context<Self>) {
+        self.warnings.changed((msg.org, msg.period));
     }
 }
 

@@ -63,6 +63,12 @@ impl Warnings {
         }
     }
 
+    /// Something else changed the org's total (an adjustment): check it.
+    pub fn changed(&mut self, key: OrgPeriod) {
+        let last = self.last_checked.get(&key).copied();
+        self.dirty.entry(key).or_insert(last);
+    }
+
     /// The pairs to check now: dirty and not checked within `interval`.
     pub fn due(&mut self, now: Instant, interval: Duration) -> Vec<OrgPeriod> {
         let due: Vec<OrgPeriod> = self
