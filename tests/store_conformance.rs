@@ -255,15 +255,36 @@ async fn case_usage_is_scoped(store: &dyn Store) {
 
 async fn case_usage_batch_is_idempotent(store: &dyn Store) {
     let p = period("2026-08");
-    let earlier = usage("r1:batch-a:app:1000:1", "batch-a", "2026-08", 1_000, 3, "0.3");
+    let earlier = usage(
+        "r1:batch-a:app:1000:1",
+        "batch-a",
+        "2026-08",
+        1_000,
+        3,
+        "0.3",
+    );
     assert_eq!(
         store.record_usage(&earlier).await.expect("single"),
         Write::Applied
     );
     let batch = vec![
-        usage("r1:batch-a:app:2000:2", "batch-a", "2026-08", 2_000, 5, "0.5"),
+        usage(
+            "r1:batch-a:app:2000:2",
+            "batch-a",
+            "2026-08",
+            2_000,
+            5,
+            "0.5",
+        ),
         earlier.clone(),
-        usage("r1:batch-a:app:3000:2", "batch-a", "2026-08", 3_000, 7, "0.7"),
+        usage(
+            "r1:batch-a:app:3000:2",
+            "batch-a",
+            "2026-08",
+            3_000,
+            7,
+            "0.7",
+        ),
     ];
     assert_eq!(
         store.record_usage_batch(&batch).await.expect("batch"),
@@ -319,7 +340,11 @@ async fn case_adjustments_once_per_key(store: &dyn Store) {
         .usage_adjustments(&id("adj-a"), &period("2026-09"))
         .await
         .expect("list");
-    assert_eq!(listed, vec![early, late], "oldest first, scoped, first wins");
+    assert_eq!(
+        listed,
+        vec![early, late],
+        "oldest first, scoped, first wins"
+    );
 }
 
 async fn case_api_token_hashes(store: &dyn Store) {
