@@ -5,13 +5,17 @@
 
 use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
-use dynabase_actors::{supervisor::PlatformActors, ClockAnchor, Store};
+use dynabase_actors::{
+    shared_limits::SharedLimits, supervisor::PlatformActors, tenant::SharedPolicy, ClockAnchor,
+    Store,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
 use crate::{
     adapters::{
         redis::{RedisAdapterError, RedisProbe},
+        redis_limits::{RedisLimits, RedisLimitsConfig, RedisLimitsError},
         store::{EmbeddedStore, EmbeddedStoreError, MongoStore, MongoStoreError},
     },
     http::{self, HttpState},
@@ -30,8 +34,9 @@ pub struct Listeners {
     pub proxy: TcpListener,
 }
 
-/// Cycle events buffered between the proxy and the actors.
-const CYCLE_CHANNEL: usize = 65_536;
+/// Cycle events buffered between the proxy and the usage feed, which drains
+/// them on a timer: enough for over a million cycles per second.
+const CYCLE_CHANNEL: usize = 131_072;
 /// The shutdown flush gets at least this long, even when sessions used up
 /// the shutdown deadline: unwritten usage is unbilled usage.
 const MIN_FLUSH_TIME: Duration = Duration::from_secs(3);
@@ -44,6 +49,8 @@ pub enum AppError {
     Mongo(#[from] MongoStoreError),
     #[error(transparent)]
     Redis(#[from] RedisAdapterError),
+    #[error(transparent)]
+    RedisLimits(#[from] RedisLimitsError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
     #[error("proxy TLS: {0}")]
@@ -97,7 +104,30 @@ pub async fn run(
     let catalog = Arc::new(settings.catalog.clone());
     let anchor = ClockAnchor::now();
     let usage_config = usage_feed::usage_config(&settings, anchor)?;
-    let actors = PlatformActors::start(store.clone(), catalog.clone(), usage_config);
+    let mut actors = PlatformActors::start(store.clone(), catalog.clone(), usage_config);
+    let shared_limits = match &settings.redis {
+        Some(r) => {
+            let limits = RedisLimits::new(
+                r.url.expose(),
+                RedisLimitsConfig {
+                    replica_id: settings.replica_id.clone(),
+                    key_prefix: r.key_prefix.clone(),
+                    lease_ttl: settings.limits.lease_ttl,
+                    demand_max_age: settings.limits.sync_interval * 3,
+                    heartbeat: settings.limits.sync_interval,
+                },
+            )?;
+            tokio::spawn(limits.clone().run_heartbeat());
+            let shared: Arc<dyn SharedLimits> = limits;
+            actors.tenants = actors.tenants.clone().with_shared_limits(SharedPolicy {
+                shared: shared.clone(),
+                central_below_qps: settings.limits.central_below_qps,
+                sync_interval: settings.limits.sync_interval,
+            });
+            Some(shared)
+        }
+        None => None,
+    };
     let sessions = Arc::new(SessionTable::default());
 
     let (cycles, cycle_source) = cycle::channel(CYCLE_CHANNEL, anchor);
@@ -121,6 +151,8 @@ pub async fn run(
         sessions: sessions.clone(),
         cancel_keys: Arc::new(CancelKeys::default()),
         cycles,
+        shared_limits,
+        replica_id: settings.replica_id.clone(),
     });
     listeners.proxy.set_nonblocking(true)?;
     let proxy_listener = tokio::net::TcpListener::from_std(listeners.proxy)?;

@@ -1,6 +1,6 @@
 //! The usage feed: the task between the proxy's [`CycleSink`] and the
 //! `UsageAccumulator` actor, and what the app needs to set the accumulator
-//! up (its configuration, the replica id) and to flush it at shutdown.
+//! up and to flush it at shutdown.
 //!
 //! The forwarder drains the channel on a timer ([`DRAIN_EVERY`]) rather than
 //! waking for each event: a wake-up per query cycle (task wake, cross-thread
@@ -15,11 +15,7 @@
 //! so every event already in the channel reaches the actor before
 //! [`Flush`] does (an actor's mailbox is FIFO).
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use dynabase_actors::{
@@ -42,18 +38,10 @@ const BATCH: usize = 4096;
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// Records per store write, at most.
 const MAX_BATCH_RECORDS: usize = 500;
-/// File under `store.data_dir` keeping a generated replica id.
-const REPLICA_ID_FILE: &str = "replica-id";
 
 /// Why the feed could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageFeedError {
-    #[error("cannot keep the replica id in {path}: {source}")]
-    ReplicaId {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error("cannot generate a random id: {0}")]
     Random(#[from] getrandom::Error),
 }
@@ -64,27 +52,19 @@ fn random_hex(bytes: usize) -> Result<String, UsageFeedError> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The configured replica id, or the one generated earlier in `data_dir`,
-/// or a new one kept there for next time.
-pub fn replica_id(configured: Option<&str>, data_dir: &Path) -> Result<String, UsageFeedError> {
-    if let Some(id) = configured {
-        return Ok(id.to_owned());
-    }
-    let path = data_dir.join(REPLICA_ID_FILE);
-    let keep = |source| UsageFeedError::ReplicaId {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(keep(e)),
-    }
-    let id = format!("r{}", random_hex(6)?);
-    std::fs::create_dir_all(data_dir).map_err(keep)?;
-    std::fs::write(&path, &id).map_err(keep)?;
-    Ok(id)
+/// The replica id as it may appear in a usage key: `:` separates the key's
+/// parts, so anything but letters, digits, `-`, `_` and `.` becomes `-`.
+fn key_safe(replica_id: &str) -> String {
+    replica_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// The accumulator's configuration from settings.
@@ -93,14 +73,12 @@ pub fn usage_config(
     anchor: ClockAnchor,
 ) -> Result<UsageConfig, UsageFeedError> {
     let usage = &settings.usage;
-    let replica = replica_id(usage.replica_id.as_deref(), &settings.store.data_dir)?;
-    tracing::info!(replica = %replica, "usage replica id");
     Ok(UsageConfig {
         flush_interval: usage.flush_interval,
         warning_check_interval: usage.warning_check_interval,
         anchor,
         book: BookConfig {
-            replica,
+            replica: key_safe(&settings.replica_id),
             // New per process start, so a restarted replica never reuses a key.
             boot: random_hex(4)?,
             factors: usage.factors,
@@ -200,4 +178,13 @@ async fn deliver(usage: &Addr<UsageAccumulator>, batch: &mut Vec<CycleEvent>, ov
 fn lost(events: u64, error: &actix::MailboxError) {
     metrics::counter!("dynabase_usage_events_lost_total").increment(events);
     tracing::error!(events, %error, "usage events lost: the accumulator did not take them");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replica_ids_cannot_break_usage_keys() {
+        assert_eq!(super::key_safe("5f2c-a1_b.c"), "5f2c-a1_b.c");
+        assert_eq!(super::key_safe("a:b/c d"), "a-b-c-d");
+    }
 }

@@ -199,7 +199,7 @@ fn replica(dir: &std::path::Path, url: &str, db: &str, id: &str) -> Server {
         &[
             ("DYNABASE__USAGE__FLUSH_INTERVAL", FLUSH),
             ("DYNABASE__USAGE__WARNING_CHECK_INTERVAL", "0s"),
-            ("DYNABASE__USAGE__REPLICA_ID", id),
+            ("DYNABASE__REPLICA__ID", id),
             // FREE includes 0.0001 vCPU-hours (0.36 s) in this test.
             ("DYNABASE__TIERS__FREE__INCLUDED_VCPU_HOURS", "0.0001"),
             ("MONGODB_URL", url),

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod memory_store;
 pub mod ping;
 pub mod rate_limiter;
+pub mod shared_limits;
 pub mod store;
 pub mod supervision;
 pub mod supervisor;

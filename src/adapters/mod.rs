@@ -2,4 +2,5 @@
 //! actors crate defines.
 
 pub mod redis;
+pub mod redis_limits;
 pub mod store;

@@ -37,6 +37,11 @@ pub enum ApiError {
     InvalidFields(Vec<FieldError>),
     #[error("{0} is unavailable; try again shortly")]
     Unavailable(&'static str),
+    #[error("{message}")]
+    RateLimited {
+        retry_after: std::time::Duration,
+        message: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -61,6 +66,7 @@ impl ApiError {
             ApiError::MalformedBody(_) => "malformed_body",
             ApiError::InvalidFields(_) => "invalid_fields",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RateLimited { .. } => "rate_limited",
         }
     }
 }
@@ -74,6 +80,7 @@ impl ResponseError for ApiError {
             ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidFields(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -85,6 +92,12 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let ApiError::RateLimited { retry_after, .. } = self {
+            response.insert_header((
+                "Retry-After",
+                super::customer_limits::retry_after_header(*retry_after),
+            ));
         }
         response.json(Body {
             error: Detail {

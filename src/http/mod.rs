@@ -7,6 +7,7 @@
 mod api_token;
 mod auth;
 mod connections;
+pub mod customer_limits;
 pub mod error;
 mod health;
 mod org_body;

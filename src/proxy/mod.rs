@@ -20,7 +20,7 @@ pub mod upstream;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use dynabase_actors::tenant::TenantRegistry;
+use dynabase_actors::{shared_limits::SharedLimits, tenant::TenantRegistry};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -47,6 +47,9 @@ pub struct ProxyContext {
     pub sessions: Arc<SessionTable>,
     pub cancel_keys: Arc<CancelKeys>,
     pub cycles: CycleSink,
+    /// Org-wide limits across replicas (Redis), when configured.
+    pub shared_limits: Option<Arc<dyn SharedLimits>>,
+    pub replica_id: String,
 }
 
 /// Accepts connections until `shutdown` resolves. Sessions already running

@@ -309,15 +309,21 @@ fn starts_cycle(tag: u8, state: &mut ClientSide) -> bool {
 /// Asks the gate; waits when that fits in the queue delay. `Err` carries
 /// the ErrorResponse for a refused cycle.
 async fn admit(observer: &RelayObserver) -> Result<(), Box<[u8]>> {
+    let gate = observer.gate.load();
+    if gate.is_unlimited() {
+        return Ok(());
+    }
+    gate.offer();
     let deadline = Instant::now() + observer.max_queue_delay;
     let mut waited = false;
     loop {
+        // Reloaded each time: a tier change applies to a waiting cycle too.
         let gate = observer.gate.load();
-        if gate.is_unlimited() {
-            return Ok(());
-        }
         let decided = Instant::now();
-        let verdict = gate.check();
+        let mut verdict = gate.check();
+        if verdict == GateVerdict::AskShared {
+            verdict = gate.check_shared().await;
+        }
         observer
             .decision_seconds
             .record(decided.elapsed().as_secs_f64());
@@ -332,11 +338,18 @@ async fn admit(observer: &RelayObserver) -> Result<(), Box<[u8]>> {
                 waited = true;
                 tokio::time::sleep(wait).await;
             }
-            GateVerdict::Wait(wait) => {
+            GateVerdict::Wait(_) | GateVerdict::AskShared => {
                 observer.refused_total.increment(1);
-                return Err(rate_limited(&gate.refusal(wait)));
+                return Err(rate_limited(&gate.refusal(wait_of(verdict))));
             }
         }
+    }
+}
+
+fn wait_of(verdict: GateVerdict) -> Duration {
+    match verdict {
+        GateVerdict::Wait(wait) => wait,
+        _ => Duration::ZERO,
     }
 }
 

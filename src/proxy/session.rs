@@ -3,12 +3,21 @@
 //! and the relay. Composition only: protocol lives in `codec`/`handshake`,
 //! policy in the tenant actor.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
 
 use actix::Addr;
 use dynabase_actors::{
     domain::cycle::SessionLabels,
+    shared_limits::SharedLimits,
     tenant::{Admission, Admit, ConnectionActor, Release},
+    OrgId,
 };
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
@@ -40,7 +49,83 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.tenant.do_send(Release);
-        metrics::gauge!("dynabase_proxy_active_connections", "tier" => self.tier).decrement(1.0);
+    }
+}
+
+/// The org-wide lease (several replicas), held with the local slot and
+/// returned with it.
+struct Lease {
+    slot: Slot,
+    shared: Option<(Arc<dyn SharedLimits>, OrgId, String)>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((shared, org, lease)) = &self.shared {
+            shared.release_connection(org, lease);
+        }
+        metrics::gauge!("dynabase_proxy_active_connections", "tier" => self.slot.tier)
+            .decrement(1.0);
+    }
+}
+
+async fn admit(tenant: &Addr<ConnectionActor>) -> Result<Admission, ClientError> {
+    match tenant.send(Admit).await {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(refusal)) => Err(ClientError::ConnectionLimit(refusal)),
+        Err(_) => Err(ClientError::TenantServiceUnavailable),
+    }
+}
+
+/// Takes the org-wide lease when limits are shared. If the shared state is
+/// unreachable, the slot is taken again under the local share instead.
+async fn org_wide_lease(
+    ctx: &ProxyContext,
+    identity: &Identity,
+    admission: &Admission,
+    slot: Slot,
+) -> Result<Lease, ClientError> {
+    let tier = slot.tier;
+    metrics::gauge!("dynabase_proxy_active_connections", "tier" => tier).increment(1.0);
+    let Some(shared) = &ctx.shared_limits else {
+        return Ok(Lease { slot, shared: None });
+    };
+    if shared.health().degraded {
+        return Ok(Lease { slot, shared: None });
+    }
+    static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
+    let lease = format!(
+        "{}:{}",
+        ctx.replica_id,
+        NEXT_LEASE.fetch_add(1, Ordering::Relaxed)
+    );
+    let limit = admission.limits.max_connections;
+    match shared
+        .acquire_connection(&identity.org, limit, &lease)
+        .await
+    {
+        Ok(true) => Ok(Lease {
+            slot,
+            shared: Some((shared.clone(), identity.org.clone(), lease)),
+        }),
+        Ok(false) => {
+            drop(Lease { slot, shared: None });
+            Err(ClientError::ConnectionLimit(
+                admission.org_wide_limit_reached(),
+            ))
+        }
+        Err(e) => {
+            shared.mark_degraded(&e);
+            let tenant = slot.tenant.clone();
+            drop(Lease { slot, shared: None });
+            // Degraded now: the actor admits under this replica's share.
+            admit(&tenant).await?;
+            metrics::gauge!("dynabase_proxy_active_connections", "tier" => tier).increment(1.0);
+            Ok(Lease {
+                slot: Slot { tenant, tier },
+                shared: None,
+            })
+        }
     }
 }
 
@@ -119,15 +204,18 @@ async fn session(
             return Err((stream, ClientError::TenantServiceUnavailable));
         }
     };
-    let admission = match tenant.send(Admit).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(refusal)) => return Err((stream, ClientError::ConnectionLimit(refusal))),
-        Err(_) => return Err((stream, ClientError::TenantServiceUnavailable)),
+    let admission = match admit(&tenant).await {
+        Ok(a) => a,
+        Err(e) => return Err((stream, e)),
     };
     let tier = admission.organization.tier.as_str();
+    let slot = Slot { tenant, tier };
+    // With several replicas the org-wide count lives in Redis.
+    let lease = match org_wide_lease(ctx, &identity, &admission, slot).await {
+        Ok(lease) => lease,
+        Err(e) => return Err((stream, e)),
+    };
     metrics::counter!("dynabase_proxy_admissions_total", "tier" => tier).increment(1);
-    metrics::gauge!("dynabase_proxy_active_connections", "tier" => tier).increment(1.0);
-    let _slot = Slot { tenant, tier };
 
     let database = match startup.param("database") {
         // libpq defaults the database to the user name, here `<role>.<org>`.
@@ -157,7 +245,7 @@ async fn session(
 
     let params = upstream_params(&startup, &identity, &admission, &database);
     let org_name = identity.org.to_string();
-    let authenticated = tokio::time::timeout(
+    let authenticating = tokio::time::timeout(
         ctx.config.auth_timeout,
         upstream::authenticate(
             &mut stream,
@@ -171,8 +259,15 @@ async fn session(
                 database: database.clone(),
             },
         ),
-    )
-    .await;
+    );
+    // An operator (or shutdown) may end the session while it authenticates.
+    let authenticated = tokio::select! {
+        r = authenticating => Some(r),
+        () = registered.info.terminated() => None,
+    };
+    let Some(authenticated) = authenticated else {
+        return Err((stream, ClientError::AdminShutdown));
+    };
     let upstream = match authenticated {
         Err(_) => return Err((stream, ClientError::AuthTimeout)),
         Ok(Err(AuthError::Client(e))) => return Err((stream, e)),
@@ -240,6 +335,7 @@ async fn session(
     };
     tracing::debug!(org = %identity.org, ?end, "session ended");
     drop(upstream.key);
+    drop(lease);
     Ok(())
 }
 

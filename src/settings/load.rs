@@ -113,7 +113,7 @@ fn build(options: &LoadOptions) -> Result<Config, config::ConfigError> {
         ("MONGODB_URL", "store.mongodb_url"),
         ("REDIS_URL", "redis.url"),
         ("DYNABASE_ADMIN_TOKEN", "http.admin_token"),
-        ("RAILWAY_REPLICA_ID", "usage.replica_id"),
+        ("RAILWAY_REPLICA_ID", "replica.id"),
     ] {
         builder = builder.set_override_option(key, options.env.get(var).cloned())?;
     }
@@ -179,10 +179,9 @@ mod tests {
     }
 
     #[test]
-    fn usage_factors_are_exact_decimals_and_the_replica_id_comes_from_railway() {
+    fn usage_factors_are_exact_decimals() {
         let (_dir, opts) = options(
             &[
-                ("RAILWAY_REPLICA_ID", "5f2c-a1"),
                 ("DYNABASE__USAGE__ENABLED", "false"),
                 ("DYNABASE__USAGE__FACTORS__UPDATE__COMPLEXITY", "1.4"),
             ],
@@ -192,20 +191,13 @@ mod tests {
         let dec = |v: &str| v.parse::<rust_decimal::Decimal>().unwrap();
         assert_eq!(s.usage.factors.insert.complexity, dec("1.2"));
         assert_eq!(s.usage.factors.update.complexity, dec("1.4"));
-        assert_eq!(s.usage.replica_id.as_deref(), Some("5f2c-a1"));
         assert!(!s.usage.enabled);
-        let (_dir, bad) = options(
-            &[
-                ("RAILWAY_REPLICA_ID", "a:b"),
-                ("DYNABASE__USAGE__FACTORS__DDL__PARALLELISM", "0"),
-            ],
-            &[],
-        );
+        let (_dir, bad) = options(&[("DYNABASE__USAGE__FACTORS__DDL__PARALLELISM", "0")], &[]);
         let Err(SettingsError::Invalid(problems)) = load(&bad) else {
             panic!("must be invalid")
         };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["usage.factors.ddl.parallelism", "usage.replica_id"]);
+        assert_eq!(keys, ["usage.factors.ddl.parallelism"]);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub proxy: ProxySettings,
     pub limits: LimitSettings,
+    /// This process's id among replicas.
+    pub replica_id: String,
     pub store: StoreSettings,
     /// `None` runs on in-process state.
     pub redis: Option<RedisSettings>,
@@ -92,6 +94,9 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
     pub max_queue_delay: Duration,
+    pub central_below_qps: u32,
+    pub sync_interval: Duration,
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -110,14 +115,13 @@ pub struct MongoSettings {
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: Secret,
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct UsageSettings {
     pub enabled: bool,
     pub flush_interval: Duration,
-    /// `None`: generated once and kept under `store.data_dir`.
-    pub replica_id: Option<String>,
     pub max_pending_records: usize,
     pub retry_max_backoff: Duration,
     pub warning_check_interval: Duration,

@@ -10,6 +10,7 @@ pub struct RawSettings {
     pub http: RawHttp,
     pub proxy: RawProxy,
     pub limits: RawLimits,
+    pub replica: RawReplica,
     pub store: RawStore,
     pub redis: RawRedis,
     pub shutdown: RawShutdown,
@@ -44,6 +45,14 @@ pub struct RawProxy {
 #[derive(Debug, Deserialize)]
 pub struct RawLimits {
     pub max_queue_delay: String,
+    pub central_below_qps: i64,
+    pub sync_interval: String,
+    pub lease_ttl: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawReplica {
+    pub id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +65,7 @@ pub struct RawStore {
 #[derive(Debug, Deserialize)]
 pub struct RawRedis {
     pub url: String,
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,7 +83,6 @@ pub struct RawLifecycle {
 pub struct RawUsage {
     pub enabled: bool,
     pub flush_interval: String,
-    pub replica_id: String,
     pub max_pending_records: i64,
     pub retry_max_backoff: String,
     pub warning_check_interval: String,

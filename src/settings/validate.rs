@@ -239,6 +239,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
     }
     let redis = (!raw.redis.url.is_empty()).then(|| RedisSettings {
         url: Secret::new(raw.redis.url.clone()),
+        key_prefix: raw.redis.key_prefix.clone(),
     });
     if let Some(r) = &redis {
         if !(r.url.expose().starts_with("redis://") || r.url.expose().starts_with("rediss://")) {
@@ -296,7 +297,11 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         proxy,
         limits: LimitSettings {
             max_queue_delay: c.duration("limits.max_queue_delay", &raw.limits.max_queue_delay),
+            central_below_qps: c.count("limits.central_below_qps", raw.limits.central_below_qps, 0),
+            sync_interval: c.positive_duration("limits.sync_interval", &raw.limits.sync_interval),
+            lease_ttl: c.positive_duration("limits.lease_ttl", &raw.limits.lease_ttl),
         },
+        replica_id: replica_id(&raw.replica.id),
         store: StoreSettings {
             data_dir: PathBuf::from(raw.store.data_dir),
             mongodb,
@@ -314,7 +319,6 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         usage: UsageSettings {
             enabled: raw.usage.enabled,
             flush_interval: c.positive_duration("usage.flush_interval", &raw.usage.flush_interval),
-            replica_id: replica_id(&mut c, &raw.usage.replica_id),
             max_pending_records: c.count(
                 "usage.max_pending_records",
                 raw.usage.max_pending_records,
@@ -338,23 +342,16 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
     }
 }
 
-/// The replica id goes into usage idempotency keys, `:`-separated.
-fn replica_id(c: &mut Checker, raw: &str) -> Option<String> {
-    let id = raw.trim();
-    if id.is_empty() {
-        return None;
+/// The configured id (or `RAILWAY_REPLICA_ID`), else a random one.
+fn replica_id(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
     }
-    let ok = id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !ok {
-        c.fail(
-            "usage.replica_id",
-            "must be at most 64 letters, digits, '-', '_' or '.'",
-        );
+    let mut bytes = [0u8; 6];
+    if getrandom::fill(&mut bytes).is_err() {
+        return format!("replica-{}", std::process::id());
     }
-    Some(id.to_owned())
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Stands in for a catalog with a missing tier so validation can continue.

@@ -2,6 +2,8 @@
 //! over real HTTP.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -133,6 +135,12 @@ impl Server {
             }
         }
         None
+    }
+
+    /// Hands over the process (to kill it without the harness's clean-up).
+    pub fn into_child(mut self) -> Child {
+        let placeholder = Command::new("true").spawn().expect("spawn true");
+        std::mem::replace(&mut self.child, placeholder)
     }
 
     /// Sends SIGTERM and waits up to `limit` for the process to exit.

@@ -1,19 +1,41 @@
 //! `ConnectionActor`: the one writer of an organization's tier and counters.
 //!
 //! Admission decisions are made here so that two connections racing for the
-//! last slot see one consistent count.
+//! last slot see one consistent count. With shared limits (several
+//! replicas), this actor also chooses how its organization's query rate is
+//! enforced and keeps its replica's share up to date.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use actix::{Actor, Context, Handler, Message, MessageResult, Supervised};
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Supervised,
+    WrapFuture,
+};
 use arc_swap::ArcSwap;
 
 use super::query_gate::{QueryGate, SharedGate};
-use crate::domain::{
-    catalog::{TierCatalog, TierLimits},
-    organization::Organization,
-    tier::Tier,
+use crate::{
+    domain::{
+        catalog::{TierCatalog, TierLimits},
+        organization::Organization,
+        tier::Tier,
+    },
+    shared_limits::{SharedLimits, SyncRequest},
 };
+
+/// How limits are shared between replicas.
+#[derive(Clone)]
+pub struct SharedPolicy {
+    pub shared: Arc<dyn SharedLimits>,
+    /// Tiers below this QPS are checked centrally on every cycle; tiers at or
+    /// above it enforce a local share refreshed every `sync_interval`.
+    pub central_below_qps: u32,
+    pub sync_interval: Duration,
+}
+
+/// A share change smaller than this keeps the current limiter (a new one
+/// would start with a fresh burst).
+const SHARE_HYSTERESIS: f64 = 0.05;
 
 /// Asks for a connection slot.
 #[derive(Debug, Clone, Copy, Message)]
@@ -27,6 +49,21 @@ pub struct Admission {
     pub limits: TierLimits,
     /// The organization's query-rate gate; replaced in place on tier changes.
     pub gate: SharedGate,
+    /// The next tier up and its connection limit, for refusal hints.
+    pub next: Option<(Tier, u32)>,
+}
+
+impl Admission {
+    /// The refusal to give when the org-wide (all replicas) count is full.
+    pub fn org_wide_limit_reached(&self) -> ConnectionRefusal {
+        ConnectionRefusal::LimitReached {
+            org: self.organization.id.to_string(),
+            tier: self.organization.tier,
+            active: self.limits.max_connections,
+            limit: self.limits.max_connections,
+            next: self.next,
+        }
+    }
 }
 
 /// Why a connection was refused.
@@ -73,39 +110,138 @@ pub struct ConnectionActor {
     organization: Organization,
     catalog: Arc<TierCatalog>,
     gate: SharedGate,
+    shared: Option<SharedPolicy>,
+    /// This replica's current share of the org's QPS (share mode).
+    share: Option<f64>,
     active_connections: u32,
     admitted_total: u64,
     refused_total: u64,
 }
 
 impl ConnectionActor {
-    pub fn new(organization: Organization, catalog: Arc<TierCatalog>) -> Self {
-        let gate = Arc::new(ArcSwap::from_pointee(gate_for(&organization, &catalog)));
-        Self {
+    pub fn new(
+        organization: Organization,
+        catalog: Arc<TierCatalog>,
+        shared: Option<SharedPolicy>,
+    ) -> Self {
+        let gate = Arc::new(ArcSwap::from_pointee(QueryGate::new(
+            organization.id.clone(),
+            catalog.get(organization.tier),
+            None,
+        )));
+        let mut actor = Self {
             organization,
             catalog,
             gate,
+            shared,
+            share: None,
             active_connections: 0,
             admitted_total: 0,
             refused_total: 0,
-        }
+        };
+        actor.replace_gate();
+        actor
     }
 
     fn limits(&self) -> &TierLimits {
         self.catalog.get(self.organization.tier)
     }
-}
 
-fn gate_for(org: &Organization, catalog: &TierCatalog) -> QueryGate {
-    QueryGate::new(
-        org.id.clone(),
-        catalog.get(org.tier),
-        org.tier.next().map(|t| catalog.get(t)),
-    )
+    /// How many connections this replica may admit: the whole limit, or a
+    /// local share of it while the shared state is unreachable.
+    fn connection_cap(&self) -> u32 {
+        let limit = self.limits().max_connections;
+        match &self.shared {
+            Some(p) if p.shared.health().degraded => {
+                (limit / p.shared.health().replicas.max(1)).max(1)
+            }
+            _ => limit,
+        }
+    }
+
+    /// Whether this org's QPS is enforced as a local share (vs centrally).
+    fn share_mode(&self) -> Option<(&SharedPolicy, u32)> {
+        let policy = self.shared.as_ref()?;
+        let qps = self.limits().qps.filter(|&q| q > 0)?;
+        (qps >= policy.central_below_qps).then_some((policy, qps))
+    }
+
+    /// Builds the gate for the current tier, mode and share.
+    fn replace_gate(&mut self) {
+        let resharing = self.share.is_some();
+        let org = self.organization.id.clone();
+        let catalog = self.catalog.clone();
+        let limits = catalog.get(self.organization.tier);
+        let next = self.organization.tier.next().map(|t| catalog.get(t));
+        let gate = match (&self.shared, limits.qps) {
+            (None, _) | (_, None) | (_, Some(0)) => QueryGate::new(org, limits, next),
+            (Some(policy), Some(qps)) => {
+                let replicas = f64::from(policy.shared.health().replicas.max(1));
+                let fallback = f64::from(qps) / replicas;
+                if qps < policy.central_below_qps {
+                    QueryGate::central(org, limits, next, policy.shared.clone(), fallback)
+                } else {
+                    let share = *self.share.get_or_insert(fallback);
+                    QueryGate::share(org, limits, next, share, resharing)
+                }
+            }
+        };
+        // Demand counted on the old gate still belongs to this sync period.
+        gate.add_offered(self.gate.load().take_offered());
+        self.gate.store(Arc::new(gate));
+    }
+
+    /// One exchange with the shared state: refresh leases, report demand,
+    /// adopt the new share.
+    fn sync(&mut self, ctx: &mut Context<Self>) {
+        let Some(policy) = self.shared.clone() else {
+            return;
+        };
+        let demand = self.gate.load().take_offered();
+        if self.active_connections == 0 && demand == 0 {
+            return;
+        }
+        let qps = self.share_mode().map(|(_, qps)| qps);
+        let org = self.organization.id.clone();
+        let request = SyncRequest { qps, demand };
+        let shared = policy.shared.clone();
+        ctx.spawn(
+            async move { shared.sync(&org, request).await }
+                .into_actor(self)
+                .map(move |result, act, _| match result {
+                    Ok(Some(share)) => act.adopt_share(share),
+                    Ok(None) => {}
+                    Err(e) => {
+                        policy.shared.mark_degraded(&e);
+                        if let Some((_, qps)) = act.share_mode() {
+                            let replicas = policy.shared.health().replicas.max(1);
+                            act.adopt_share(f64::from(qps) / f64::from(replicas));
+                        }
+                    }
+                }),
+        );
+    }
+
+    fn adopt_share(&mut self, share: f64) {
+        let changed = match self.share {
+            Some(old) if old > 0.0 => ((share - old) / old).abs() > SHARE_HYSTERESIS,
+            _ => true,
+        };
+        if changed && self.share_mode().is_some() {
+            self.share = Some(share);
+            self.replace_gate();
+        }
+    }
 }
 
 impl Actor for ConnectionActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(policy) = &self.shared {
+            ctx.run_interval(policy.sync_interval, |act, ctx| act.sync(ctx));
+        }
+    }
 }
 
 impl Supervised for ConnectionActor {
@@ -119,17 +255,19 @@ impl Handler<Admit> for ConnectionActor {
 
     fn handle(&mut self, _: Admit, _: &mut Context<Self>) -> Self::Result {
         let limits = self.limits().clone();
-        if self.active_connections >= limits.max_connections {
+        let cap = self.connection_cap();
+        let tier = self.organization.tier;
+        let next = tier
+            .next()
+            .map(|next| (next, self.catalog.get(next).max_connections));
+        if self.active_connections >= cap {
             self.refused_total += 1;
-            let tier = self.organization.tier;
             return Err(ConnectionRefusal::LimitReached {
                 org: self.organization.id.to_string(),
                 tier,
                 active: self.active_connections,
-                limit: limits.max_connections,
-                next: tier
-                    .next()
-                    .map(|next| (next, self.catalog.get(next).max_connections)),
+                limit: cap,
+                next,
             });
         }
         self.active_connections += 1;
@@ -138,6 +276,7 @@ impl Handler<Admit> for ConnectionActor {
             organization: self.organization.clone(),
             limits,
             gate: self.gate.clone(),
+            next,
         })
     }
 }
@@ -156,8 +295,8 @@ impl Handler<ApplyOrganization> for ConnectionActor {
         self.organization = msg.0;
         if tier_changed {
             // Live sessions pick the new gate up on their next cycle.
-            self.gate
-                .store(Arc::new(gate_for(&self.organization, &self.catalog)));
+            self.share = None;
+            self.replace_gate();
         }
     }
 }

@@ -7,8 +7,8 @@ pub mod query_gate;
 pub mod registry;
 
 pub use connection_actor::{
-    Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release, Snapshot,
-    TenantSnapshot,
+    Admission, Admit, ApplyOrganization, ConnectionActor, ConnectionRefusal, Release, SharedPolicy,
+    Snapshot, TenantSnapshot,
 };
 pub use query_gate::{GateVerdict, QueryGate, RateRefusal, SharedGate};
 pub use registry::{RegistryError, TenantRegistry};

@@ -6,15 +6,22 @@
 //! cycle. Checking is a few atomic operations, so the hot path sends no
 //! message to the actor (see `docs/decisions.md`).
 
-use std::{num::NonZeroU32, sync::Arc, time::Duration};
-
-use arc_swap::ArcSwap;
-use governor::{
-    clock::{Clock, DefaultClock},
-    DefaultDirectRateLimiter, Quota, RateLimiter,
+use std::{
+    num::NonZeroU32,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
 };
 
-use crate::domain::{catalog::TierLimits, org_id::OrgId, tier::Tier};
+use arc_swap::ArcSwap;
+use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::{
+    domain::{catalog::TierLimits, org_id::OrgId, tier::Tier},
+    shared_limits::SharedLimits,
+};
 
 /// The handle sessions keep; the tenant actor swaps the gate inside.
 pub type SharedGate = Arc<ArcSwap<QueryGate>>;
@@ -25,6 +32,8 @@ pub enum GateVerdict {
     Go,
     /// Not before this much time has passed.
     Wait(Duration),
+    /// Ask the shared state ([`QueryGate::check_shared`]).
+    AskShared,
 }
 
 /// A refused query cycle, as the client is told.
@@ -39,43 +48,134 @@ pub struct RateRefusal {
     pub next: Option<(Tier, Option<u32>)>,
 }
 
-#[derive(Debug)]
+/// How a gate enforces its limit.
+enum Mode {
+    /// No limit: nothing to check.
+    Unlimited,
+    /// A local GCRA limiter: the whole limit (one replica) or this
+    /// replica's share of it.
+    Local(DefaultDirectRateLimiter),
+    /// Every cycle is checked against the org-wide GCRA state in the shared
+    /// store (small tiers, where local shares would be too coarse).
+    Central {
+        shared: Arc<dyn SharedLimits>,
+        burst: u32,
+        /// Nanoseconds after `epoch` before which the shared state already
+        /// said no: refused locally without asking again.
+        blocked_until: AtomicU64,
+        epoch: Instant,
+        /// Used while the shared store is unreachable.
+        fallback: DefaultDirectRateLimiter,
+    },
+}
+
 pub struct QueryGate {
     org: OrgId,
     tier: Tier,
     qps: Option<u32>,
     next: Option<(Tier, Option<u32>)>,
-    /// `None` for unlimited tiers: nothing to check.
-    limiter: Option<DefaultDirectRateLimiter>,
+    mode: Mode,
+    /// Cycles offered since the tenant actor last read it (demand).
+    offered: AtomicU64,
+}
+
+impl std::fmt::Debug for QueryGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.mode {
+            Mode::Unlimited => "unlimited",
+            Mode::Local(_) => "local",
+            Mode::Central { .. } => "central",
+        };
+        f.debug_struct("QueryGate")
+            .field("org", &self.org)
+            .field("tier", &self.tier)
+            .field("qps", &self.qps)
+            .field("mode", &mode)
+            .finish()
+    }
+}
+
+fn limiter(per_second: f64, burst: u32) -> DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    RateLimiter::direct(quota)
 }
 
 impl QueryGate {
-    /// A gate for `limits`; `next` is the tier above, for refusal hints.
+    /// A gate enforcing the whole of `limits` locally; `next` is the tier
+    /// above, for refusal hints.
     pub fn new(org: OrgId, limits: &TierLimits, next: Option<&TierLimits>) -> Self {
-        let limiter = limits.qps.and_then(NonZeroU32::new).map(|qps| {
-            let burst = limits.burst.and_then(NonZeroU32::new).unwrap_or(qps);
-            RateLimiter::direct(Quota::per_second(qps).allow_burst(burst))
-        });
+        let mode = match limits.qps {
+            None | Some(0) => Mode::Unlimited,
+            Some(qps) => Mode::Local(limiter(f64::from(qps), burst_of(limits))),
+        };
+        Self::with_mode(org, limits, next, mode)
+    }
+
+    /// A gate enforcing `share` cycles/s of the org-wide limit on this
+    /// replica (burst scaled alike). A replacement gate starts with its
+    /// burst spent (`start_empty`), so re-sharing grants no extra burst.
+    pub fn share(
+        org: OrgId,
+        limits: &TierLimits,
+        next: Option<&TierLimits>,
+        share: f64,
+        start_empty: bool,
+    ) -> Self {
+        let mode = match limits.qps {
+            None | Some(0) => Mode::Unlimited,
+            Some(qps) => {
+                let ratio = (share / f64::from(qps)).clamp(0.0, 1.0);
+                let burst = ((f64::from(burst_of(limits)) * ratio).floor() as u32).max(1);
+                let limiter = limiter(share, burst);
+                if start_empty {
+                    if let Some(n) = NonZeroU32::new(burst) {
+                        let _ = limiter.check_n(n);
+                    }
+                }
+                Mode::Local(limiter)
+            }
+        };
+        Self::with_mode(org, limits, next, mode)
+    }
+
+    /// A gate checking every cycle against the shared store, falling back to
+    /// `fallback_share` cycles/s locally while it is unreachable.
+    pub fn central(
+        org: OrgId,
+        limits: &TierLimits,
+        next: Option<&TierLimits>,
+        shared: Arc<dyn SharedLimits>,
+        fallback_share: f64,
+    ) -> Self {
+        let mode = match limits.qps {
+            None | Some(0) => Mode::Unlimited,
+            Some(qps) => {
+                let ratio = (fallback_share / f64::from(qps)).clamp(0.0, 1.0);
+                let fallback_burst = (f64::from(burst_of(limits)) * ratio).floor() as u32;
+                Mode::Central {
+                    shared,
+                    burst: burst_of(limits),
+                    blocked_until: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                    fallback: limiter(fallback_share, fallback_burst),
+                }
+            }
+        };
+        Self::with_mode(org, limits, next, mode)
+    }
+
+    fn with_mode(org: OrgId, limits: &TierLimits, next: Option<&TierLimits>, mode: Mode) -> Self {
         Self {
             org,
             tier: limits.tier,
             qps: limits.qps,
             next: next.map(|n| (n.tier, n.qps)),
-            limiter,
-        }
-    }
-
-    /// A gate with a different local rate (a replica's share of the org's
-    /// limit); messages still name the tier's limit.
-    pub fn with_local_rate(&self, qps: NonZeroU32, burst: NonZeroU32) -> Self {
-        Self {
-            org: self.org.clone(),
-            tier: self.tier,
-            qps: self.qps,
-            next: self.next,
-            limiter: Some(RateLimiter::direct(
-                Quota::per_second(qps).allow_burst(burst),
-            )),
+            mode,
+            offered: AtomicU64::new(0),
         }
     }
 
@@ -88,18 +188,82 @@ impl QueryGate {
     }
 
     pub fn is_unlimited(&self) -> bool {
-        self.limiter.is_none()
+        matches!(self.mode, Mode::Unlimited)
     }
 
-    /// Takes one cycle's worth of quota, or says how long until one is free.
+    /// Counts one offered cycle (the demand reported to the shared store).
+    pub fn offer(&self) {
+        self.offered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cycles offered since the last call.
+    pub fn take_offered(&self) -> u64 {
+        self.offered.swap(0, Ordering::Relaxed)
+    }
+
+    /// Carries demand over from the gate this one replaces.
+    pub fn add_offered(&self, n: u64) {
+        self.offered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes one cycle's worth of quota, says how long until one is free, or
+    /// asks for the shared check.
     pub fn check(&self) -> GateVerdict {
-        let Some(limiter) = &self.limiter else {
+        match &self.mode {
+            Mode::Unlimited => GateVerdict::Go,
+            Mode::Local(limiter) => match limiter.check() {
+                Ok(()) => GateVerdict::Go,
+                Err(not_until) => {
+                    GateVerdict::Wait(not_until.wait_time_from(limiter.clock().now()))
+                }
+            },
+            Mode::Central {
+                blocked_until,
+                epoch,
+                ..
+            } => {
+                let now = nanos_since(*epoch);
+                let until = blocked_until.load(Ordering::Relaxed);
+                if until > now {
+                    GateVerdict::Wait(Duration::from_nanos(until - now))
+                } else {
+                    GateVerdict::AskShared
+                }
+            }
+        }
+    }
+
+    /// The shared check for central gates (`Go` for the others). While the
+    /// shared store is unreachable, the local fallback share decides.
+    pub async fn check_shared(&self) -> GateVerdict {
+        let Mode::Central {
+            shared,
+            burst,
+            blocked_until,
+            epoch,
+            fallback,
+        } = &self.mode
+        else {
             return GateVerdict::Go;
         };
-        match limiter.check() {
+        let qps = self.qps.unwrap_or(1);
+        let local = || match fallback.check() {
             Ok(()) => GateVerdict::Go,
-            Err(not_until) => {
-                GateVerdict::Wait(not_until.wait_time_from(DefaultClock::default().now()))
+            Err(not_until) => GateVerdict::Wait(not_until.wait_time_from(fallback.clock().now())),
+        };
+        if shared.health().degraded {
+            return local();
+        }
+        match shared.take_query(&self.org, qps, *burst).await {
+            Ok(None) => GateVerdict::Go,
+            Ok(Some(wait)) => {
+                let until = nanos_since(*epoch).saturating_add(wait.as_nanos() as u64);
+                blocked_until.fetch_max(until, Ordering::Relaxed);
+                GateVerdict::Wait(wait)
+            }
+            Err(e) => {
+                shared.mark_degraded(&e);
+                local()
             }
         }
     }
@@ -113,6 +277,14 @@ impl QueryGate {
             next: self.next,
         }
     }
+}
+
+fn burst_of(limits: &TierLimits) -> u32 {
+    limits.burst.or(limits.qps).unwrap_or(1)
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix::{Addr, Arbiter, ArbiterHandle, Supervisor};
 use dashmap::DashMap;
 
-use super::connection_actor::{ApplyOrganization, ConnectionActor};
+use super::connection_actor::{ApplyOrganization, ConnectionActor, SharedPolicy};
 use crate::{
     domain::{catalog::TierCatalog, org_id::OrgId, organization::Organization},
     store::{Store, StoreError},
@@ -28,6 +28,7 @@ pub struct TenantRegistry {
     catalog: Arc<TierCatalog>,
     /// Tenant actors run here, whichever thread asks for them.
     arbiter: ArbiterHandle,
+    shared: Option<SharedPolicy>,
 }
 
 impl TenantRegistry {
@@ -39,7 +40,15 @@ impl TenantRegistry {
             store,
             catalog,
             arbiter: Arbiter::current(),
+            shared: None,
         }
+    }
+
+    /// Tenant actors started from now on share their limits with other
+    /// replicas through `policy`.
+    pub fn with_shared_limits(mut self, policy: SharedPolicy) -> Self {
+        self.shared = Some(policy);
+        self
     }
 
     /// The organization's actor, started on first use; `None` for an unknown
@@ -55,16 +64,17 @@ impl TenantRegistry {
         };
         let catalog = self.catalog.clone();
         let arbiter = &self.arbiter;
+        let shared = &self.shared;
         // Two callers may race here; the entry API keeps exactly one actor.
         let addr = self
             .actors
             .entry(id.clone())
             .and_modify(|existing| {
                 if !existing.connected() {
-                    *existing = start(arbiter, org.clone(), catalog.clone());
+                    *existing = start(arbiter, org.clone(), catalog.clone(), shared.clone());
                 }
             })
-            .or_insert_with(|| start(arbiter, org, catalog))
+            .or_insert_with(|| start(arbiter, org, catalog, shared.clone()))
             .clone();
         Ok(Some(addr))
     }
@@ -90,6 +100,7 @@ fn start(
     arbiter: &ArbiterHandle,
     org: Organization,
     catalog: Arc<TierCatalog>,
+    shared: Option<SharedPolicy>,
 ) -> Addr<ConnectionActor> {
-    Supervisor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(org, catalog))
+    Supervisor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(org, catalog, shared))
 }

@@ -252,6 +252,29 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A small deterministic generator: no dependency, same bytes each run.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2_000 {
+            let len = (next() % 64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut s = Scanner::new(|_| MAX_PREFIX);
+            for chunk in bytes.chunks(1 + (next() % 7) as usize) {
+                if s.walk(chunk, |_| {}).is_err() {
+                    break;
+                }
+            }
+            let _ = crate::proxy::codec::startup::parse(&bytes);
+        }
+    }
+
+    #[test]
     fn a_length_below_four_is_an_error() {
         let mut s = Scanner::new(|_| 0);
         assert!(s.scan(&[b'Q', 0, 0, 0, 3], |_| {}).is_err());
