@@ -6,12 +6,12 @@
 //! constant time, so a token can only ever open its own org, and a rotated
 //! token stops working as soon as the new hash is stored.
 
-use actix_web::{http::header, HttpRequest};
+use actix_web::HttpRequest;
 use dynabase_actors::{OrgId, Store};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
+use super::{auth::bearer_token, error::ApiError};
 
 const PREFIX: &str = "dyn_";
 
@@ -41,13 +41,7 @@ fn org_of(token: &str) -> Option<OrgId> {
 
 /// The org whose token the request carries as `Authorization: Bearer`.
 pub async fn authenticate(req: &HttpRequest, store: &dyn Store) -> Result<OrgId, ApiError> {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
+    let presented = bearer_token(req).ok_or(ApiError::Unauthorized)?;
     let org = org_of(presented).ok_or(ApiError::Unauthorized)?;
     let stored = store
         .api_token_hash(&org)

@@ -29,6 +29,7 @@ use super::{
     api_token,
     auth::AdminAuth,
     error::{ApiError, FieldError},
+    orgs::org_id,
     HttpState,
 };
 
@@ -39,10 +40,6 @@ pub struct PeriodQuery {
 
 fn not_found(org: &str) -> ApiError {
     ApiError::NotFound(format!("organization `{org}` not found"))
-}
-
-fn org_id(raw: &str) -> Result<OrgId, ApiError> {
-    OrgId::parse(raw).map_err(|_| not_found(raw))
 }
 
 /// The requested period, or the current one.

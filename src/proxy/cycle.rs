@@ -16,7 +16,7 @@ use std::{
 };
 
 pub use dynabase_actors::domain::cycle::{CycleEvent, SessionLabels, StatementKind};
-use dynabase_actors::{usage_accumulator::FoldedCycles, ClockAnchor};
+use dynabase_actors::{domain::usage::micros, usage_accumulator::FoldedCycles, ClockAnchor};
 use tokio::sync::{
     mpsc::{self, error::TrySendError},
     Notify,
@@ -335,7 +335,7 @@ impl CycleSink {
         };
         metrics::counter!("dynabase_usage_events_folded_total").increment(1);
         let window = shared.anchor.window_of(event.started);
-        let duration_us = u64::try_from(event.duration.as_micros()).unwrap_or(u64::MAX);
+        let duration_us = micros(event.duration);
         let key = (Arc::as_ptr(&event.session) as usize, event.kind, window.0);
         let mut overflow = shared
             .overflow

@@ -30,7 +30,8 @@ pub enum UsageError {
     Overflow,
 }
 
-fn micros(d: Duration) -> u64 {
+/// A duration in whole microseconds (saturating; no real cycle gets near).
+pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 

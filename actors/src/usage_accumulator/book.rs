@@ -32,7 +32,7 @@ use crate::domain::{
     org_id::OrgId,
     records::{Period, UsageRecord, Write},
     time::{ClockAnchor, UnixMillis},
-    usage::{UsageError, UsageTotals},
+    usage::{micros, UsageError, UsageTotals},
 };
 
 /// What the book is told at start.
@@ -86,10 +86,6 @@ pub struct UsageBook {
     next_attempt: Option<Instant>,
     /// Shutting down: retry at the base interval, never longer.
     draining: bool,
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl UsageBook {

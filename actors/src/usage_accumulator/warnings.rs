@@ -52,14 +52,12 @@ impl Warnings {
     pub fn usage_written(&mut self, written: &[UsageRecord]) {
         for r in written {
             let key = (r.org.clone(), r.period.clone());
-            if THRESHOLDS
+            if !THRESHOLDS
                 .iter()
                 .all(|t| self.fired.contains(&(key.clone(), *t)))
             {
-                continue;
+                self.changed(key);
             }
-            let last = self.last_checked.get(&key).copied();
-            self.dirty.entry(key).or_insert(last);
         }
     }
 
