@@ -22,6 +22,8 @@
 //! insertion order. An `OrgId` never contains `/`, so `<org>/` is an exact
 //! prefix.
 //!
+//! The usage batch write and the API token table are in `embedded_usage.rs`.
+//!
 //! redb is synchronous; every call runs on the blocking pool via
 //! [`tokio::task::spawn_blocking`] so it never stalls the async runtime.
 
@@ -41,21 +43,23 @@ use dynabase_actors::{
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::embedded_usage as usage;
+
 /// File name inside the data directory.
 pub const FILE_NAME: &str = "dynabase.redb";
 
 /// Primary tables: key → JSON document.
-type DocTable = TableDefinition<'static, &'static str, &'static [u8]>;
+pub(super) type DocTable = TableDefinition<'static, &'static str, &'static [u8]>;
 /// Index tables: sortable key → primary key.
-type IndexTable = TableDefinition<'static, &'static str, &'static str>;
+pub(super) type IndexTable = TableDefinition<'static, &'static str, &'static str>;
 
-const ORGS: DocTable = TableDefinition::new("organizations");
-const USAGE: DocTable = TableDefinition::new("usage");
-const USAGE_BY_ORG_PERIOD: IndexTable = TableDefinition::new("usage_by_org_period");
+pub(super) const ORGS: DocTable = TableDefinition::new("organizations");
+pub(super) const USAGE: DocTable = TableDefinition::new("usage");
+pub(super) const USAGE_BY_ORG_PERIOD: IndexTable = TableDefinition::new("usage_by_org_period");
 const ADJUSTMENTS: DocTable = TableDefinition::new("usage_adjustments");
 const ADJUSTMENTS_BY_ORG_PERIOD: IndexTable = TableDefinition::new("adjustments_by_org_period");
 /// Org id → SHA-256 hash (hex) of its API token.
-const API_TOKENS: IndexTable = TableDefinition::new("api_tokens");
+pub(super) const API_TOKENS: IndexTable = TableDefinition::new("api_tokens");
 const EVENTS: DocTable = TableDefinition::new("webhook_events");
 const INVOICES: DocTable = TableDefinition::new("invoices");
 const INVOICES_BY_ORG: IndexTable = TableDefinition::new("invoices_by_org");
@@ -180,11 +184,11 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
 }
 
 /// Any redb failure means the store cannot serve right now.
-fn unavailable(e: impl Into<redb::Error>) -> StoreError {
+pub(super) fn unavailable(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {}", e.into()))
 }
 
-fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+pub(super) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     // Domain types always serialize; a failure here would be a programming
     // error, reported rather than panicking.
     serde_json::to_vec(value)
@@ -203,7 +207,7 @@ fn decode<T: DeserializeOwned>(table: &DocTable, key: &str, bytes: &[u8]) -> Res
 /// Encodes an instant so that string order is time order, negatives included:
 /// flipping the sign bit maps `i64` order onto `u64` order, and 20 digits fit
 /// `u64::MAX`.
-fn sortable_millis(ms: i64) -> String {
+pub(super) fn sortable_millis(ms: i64) -> String {
     // Reinterpreting the bits is intended; see above.
     format!("{:020}", (ms as u64) ^ (1 << 63))
 }
@@ -228,7 +232,7 @@ fn next_seq(txn: &WriteTransaction) -> Result<u64, StoreError> {
 }
 
 /// How the index entry of a keyed write is named.
-enum IndexKey {
+pub(super) enum IndexKey {
     /// Used as is; already unique.
     Exact(String),
     /// Gets `/<seq>` appended, to keep insertion order among equal prefixes.
@@ -254,7 +258,7 @@ fn insert_if_absent(
 }
 
 /// The body of [`insert_if_absent`] inside a caller's transaction.
-fn insert_in(
+pub(super) fn insert_in(
     txn: &WriteTransaction,
     table: DocTable,
     key: &str,
@@ -281,22 +285,6 @@ fn insert_in(
         idx.insert(index_key.as_str(), key).map_err(unavailable)?;
     }
     Ok(Write::Applied)
-}
-
-/// A usage record's primary key, bytes and index entry.
-fn usage_entry(record: &UsageRecord) -> Result<(String, Vec<u8>, IndexKey), StoreError> {
-    let index_key = format!(
-        "{}/{}/{}/{}",
-        record.org,
-        record.period,
-        sortable_millis(record.window_start.0),
-        record.key
-    );
-    Ok((
-        record.key.clone(),
-        encode("usage record", record)?,
-        IndexKey::Exact(index_key),
-    ))
 }
 
 /// Reads one document by key.
@@ -431,41 +419,17 @@ impl Store for EmbeddedStore {
     }
 
     async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError> {
-        let (key, bytes, index_key) = usage_entry(record)?;
-        self.run(move |db| {
-            insert_if_absent(
-                db,
-                USAGE,
-                &key,
-                &bytes,
-                Some((USAGE_BY_ORG_PERIOD, index_key)),
-            )
-        })
-        .await
+        let entries = vec![usage::usage_entry(record)?];
+        let writes = self.run(move |db| usage::insert_usage(db, entries)).await?;
+        Ok(writes.first().copied().unwrap_or(Write::Applied))
     }
 
     async fn record_usage_batch(&self, records: &[UsageRecord]) -> Result<Vec<Write>, StoreError> {
         let entries = records
             .iter()
-            .map(usage_entry)
+            .map(usage::usage_entry)
             .collect::<Result<Vec<_>, _>>()?;
-        // One transaction (one fsync) for the whole flush.
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
-            let mut writes = Vec::with_capacity(entries.len());
-            for (key, bytes, index_key) in entries {
-                writes.push(insert_in(
-                    &txn,
-                    USAGE,
-                    &key,
-                    &bytes,
-                    Some((USAGE_BY_ORG_PERIOD, index_key)),
-                )?);
-            }
-            txn.commit().map_err(unavailable)?;
-            Ok(writes)
-        })
-        .await
+        self.run(move |db| usage::insert_usage(db, entries)).await
     }
 
     async fn add_usage_adjustment(&self, a: &UsageAdjustment) -> Result<Write, StoreError> {
@@ -496,36 +460,13 @@ impl Store for EmbeddedStore {
 
     async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError> {
         let (org, hash) = (org.clone(), hash.to_owned());
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
-            let known = txn
-                .open_table(ORGS)
-                .map_err(unavailable)?
-                .get(org.as_str())
-                .map_err(unavailable)?
-                .is_some();
-            if !known {
-                txn.abort().map_err(unavailable)?;
-                return Err(StoreError::NotFound(org));
-            }
-            txn.open_table(API_TOKENS)
-                .map_err(unavailable)?
-                .insert(org.as_str(), hash.as_str())
-                .map_err(unavailable)?;
-            txn.commit().map_err(unavailable)
-        })
-        .await
+        self.run(move |db| usage::set_token_hash(db, org, &hash))
+            .await
     }
 
     async fn api_token_hash(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
         let org = org.clone();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let tokens = txn.open_table(API_TOKENS).map_err(unavailable)?;
-            let found = tokens.get(org.as_str()).map_err(unavailable)?;
-            Ok(found.map(|v| v.value().to_owned()))
-        })
-        .await
+        self.run(move |db| usage::token_hash(db, &org)).await
     }
 
     async fn usage_for_period(

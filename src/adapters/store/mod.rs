@@ -10,6 +10,7 @@
 //! and lists come back in a fixed order.
 
 pub mod embedded;
+mod embedded_usage;
 pub mod mongo;
 mod mongo_usage;
 
