@@ -92,6 +92,7 @@ async fn a_known_workload_is_metered_per_org_and_database() {
     // Tolerance: the proxy's time for a cycle lies between the server's
     // sleep and what the client waited for the answer.
     let client_seconds = Decimal::try_from(spent_a.as_secs_f64()).unwrap();
+    eprintln!("org A: 20 × pg_sleep(0.2): recorded {seconds} s, {vcpu} vCPU-h; client waited {client_seconds} s");
     assert!(
         seconds >= Decimal::from(4) && seconds <= client_seconds,
         "recorded {seconds}s, slept 4s, client saw {client_seconds}s"
@@ -134,6 +135,7 @@ async fn a_known_workload_is_metered_per_org_and_database() {
     assert!(seconds >= Decimal::new(5, 1) && seconds <= client_seconds);
     // Mostly inserts: the effective factor is close to 1.2.
     let factor = vcpu / hours(seconds);
+    eprintln!("org B: recorded {seconds} s, {vcpu} vCPU-h (factor {factor}); client waited {client_seconds} s");
     assert!(
         factor > Decimal::new(110, 2) && factor < Decimal::new(125, 2),
         "effective factor {factor}"

@@ -83,6 +83,7 @@ async fn sigterm_during_load_loses_nothing() {
     let server = embedded(dir.path(), FLUSH);
     let report = admin_usage(&server, "term").await;
     let (cycles, seconds, _) = measured(&report);
+    eprintln!("SIGTERM: recorded {cycles} of {completed} completed, {seconds} s");
     assert_eq!(cycles, completed, "exact after SIGTERM: {report}");
     assert!(seconds >= Decimal::from(completed) * Decimal::new(2, 2));
 }
@@ -114,6 +115,9 @@ async fn kill_9_loses_at_most_one_flush_interval() {
 
     let server = embedded(dir.path(), FLUSH);
     let (cycles, _, _) = measured(&admin_usage(&server, "nine").await);
+    eprintln!(
+        "kill -9: recorded {cycles} of {completed} completed; {recent} in the last flush interval"
+    );
     // Nothing twice: at most the cycles in flight (one per session) that the
     // proxy saw answered but the client did not.
     assert!(cycles <= completed + 3, "recorded {cycles} of {completed}");
@@ -238,6 +242,7 @@ async fn mongo_outage_during_load_loses_nothing() {
     };
     let report = wait_for_cycles(&server, "outage", completed, Duration::from_secs(40)).await;
     let (cycles, seconds, _) = measured(&report);
+    eprintln!("MongoDB outage: recorded {cycles} of {completed} completed, {seconds} s");
     assert_eq!(cycles, completed, "exact after the outage: {report}");
     assert!(seconds >= Decimal::from(completed) * Decimal::new(2, 2));
     // And it stays exact: nothing is written twice later.
