@@ -40,7 +40,6 @@ struct Data {
     fail_usage_writes: u32,
     /// Usage writes to apply and then report as failed.
     lose_usage_acks: u32,
-    usage_write_calls: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,11 +70,6 @@ impl MemoryStore {
     /// acknowledgement).
     pub fn lose_usage_acks(&self, n: u32) {
         self.data().lose_usage_acks = n;
-    }
-
-    /// How many usage write calls (batches) were made.
-    pub fn usage_write_calls(&self) -> u64 {
-        self.data().usage_write_calls
     }
 
     /// Every usage record, any org.
@@ -133,7 +127,6 @@ impl Store for MemoryStore {
 
     async fn record_usage_batch(&self, records: &[UsageRecord]) -> Result<Vec<Write>, StoreError> {
         let mut d = self.data();
-        d.usage_write_calls += 1;
         if d.fail_usage_writes > 0 {
             d.fail_usage_writes -= 1;
             return Err(StoreError::Unavailable("injected failure".into()));

@@ -104,10 +104,6 @@ impl UsageBook {
         }
     }
 
-    pub fn anchor(&self) -> ClockAnchor {
-        self.anchor
-    }
-
     /// Adds one finished cycle.
     #[inline]
     pub fn record(&mut self, event: &CycleEvent) {
@@ -314,10 +310,6 @@ impl UsageBook {
     pub fn start_draining(&mut self) {
         self.draining = true;
         self.next_attempt = None;
-    }
-
-    pub fn writing(&self) -> bool {
-        !self.in_flight.is_empty()
     }
 
     /// Records cut and not yet acknowledged (in flight included).
