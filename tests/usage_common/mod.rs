@@ -13,16 +13,22 @@ use std::{
 
 use rust_decimal::Decimal;
 use serde_json::Value;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-use crate::common::{client, Server, ADMIN_TOKEN};
+pub use crate::common::pg::{create_org, unique};
+use crate::common::{
+    client,
+    pg::{conninfo, pg_service, trust_user},
+    Server, ADMIN_TOKEN,
+};
+
+/// The PostgreSQL service (`host:port`), or `None`: test skipped.
+pub fn pg() -> Option<String> {
+    pg_service()
+}
 
 /// Flush interval used by the usage tests.
 pub const FLUSH: &str = "200ms";
-
-pub fn pg() -> Option<String> {
-    crate::common::require_service("DYNABASE_TEST_PG_ADDR", "127.0.0.1:5432")
-}
 
 pub fn dec(v: &Value) -> Decimal {
     Decimal::from_str(
@@ -32,29 +38,12 @@ pub fn dec(v: &Value) -> Decimal {
     .unwrap_or_else(|e| panic!("decimal {v}: {e}"))
 }
 
-pub async fn create_org(server: &Server, id: &str, tier: &str, pg: &str) {
-    let r = client()
-        .post(server.url("/admin/orgs"))
-        .bearer_auth(ADMIN_TOKEN)
-        .body(format!(
-            r#"{{"id":"{id}","name":"{id}","tier":"{tier}","upstream":"{pg}"}}"#
-        ))
-        .send()
-        .await
-        .expect("create org");
-    assert_eq!(r.status(), 201, "create org {id}");
-}
-
+/// A session of `trust_user.<org>` through the proxy.
 pub async fn connect(server: &Server, org: &str, db: &str) -> Client {
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user=trust_user.{org} dbname={db}",
-        server.proxy_port()
-    );
-    let (c, conn) = tokio_postgres::connect(&conninfo, NoTls)
+    let user = format!("{}.{org}", trust_user());
+    crate::common::pg::connect(&conninfo(server, &user, db, None))
         .await
-        .expect("connect through the proxy");
-    tokio::spawn(conn);
-    c
+        .client
 }
 
 /// `GET /admin/orgs/{org}/usage` (current period).
@@ -125,11 +114,4 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}_{}_{nanos}", std::process::id())
 }
