@@ -25,6 +25,7 @@ use crate::{
     },
     settings::{Settings, StoreSettings},
     usage_feed::{self, UsageFeed, UsageFeedError},
+    usage_spill::Spill,
 };
 
 /// Bound sockets the platform serves on (bound by the caller, so tests and
@@ -136,7 +137,11 @@ pub async fn run(
     } else {
         cycle::CycleSink::disabled()
     };
-    let usage_feed = UsageFeed::start(cycle_source, actors.usage.clone());
+    let usage_feed = UsageFeed::start(
+        cycle_source,
+        actors.usage.clone(),
+        Spill::new(&settings.store.data_dir),
+    );
     let proxy_ctx = Arc::new(ProxyContext {
         config: ProxyConfig {
             handshake_timeout: settings.proxy.handshake_timeout,
@@ -210,17 +215,7 @@ pub async fn run(
             .into_std()
             .saturating_duration_since(now)
             .max(MIN_FLUSH_TIME);
-    match usage_feed.flush(flush_deadline).await {
-        Some(report) if report.complete => {
-            tracing::info!(records = report.records_written, "usage flushed")
-        }
-        Some(report) => tracing::error!(
-            pending_records = report.pending_records,
-            open_buckets = report.open_buckets,
-            "usage could not be written before exit"
-        ),
-        None => tracing::error!("usage flush failed: the accumulator is gone"),
-    }
+    usage_feed.shutdown(flush_deadline).await;
     server_task.abort();
     Ok(())
 }

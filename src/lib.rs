@@ -12,3 +12,4 @@ pub mod org_cli;
 pub mod proxy;
 pub mod settings;
 pub mod usage_feed;
+pub mod usage_spill;

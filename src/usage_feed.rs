@@ -21,15 +21,20 @@ use actix::Addr;
 use dynabase_actors::{
     domain::cycle::CycleEvent,
     usage_accumulator::{
-        BookConfig, CycleBatch, Flush, FlushReport, FoldedBatch, UsageAccumulator, UsageConfig,
+        BookConfig, CycleBatch, Flush, FlushReport, FoldedBatch, Restore, Status, TakeUnwritten,
+        UsageAccumulator, UsageConfig,
     },
     ClockAnchor,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 
 use crate::{
     proxy::cycle::{CycleSource, Overflow},
     settings::Settings,
+    usage_spill::Spill,
 };
 
 /// Events per message to the actor, at most.
@@ -98,14 +103,38 @@ struct FlushRequest {
 /// The running forwarder.
 pub struct UsageFeed {
     control: mpsc::Sender<FlushRequest>,
+    usage: Addr<UsageAccumulator>,
+    spill: Spill,
+    /// Removes the spill file once its restored records are written.
+    restore_watch: Option<JoinHandle<()>>,
 }
 
 impl UsageFeed {
-    /// Spawns the forwarder on the current runtime.
-    pub fn start(source: CycleSource, usage: Addr<UsageAccumulator>) -> Self {
+    /// Spawns the forwarder on the current runtime, and hands the
+    /// accumulator what an earlier process kept in `spill`.
+    pub fn start(source: CycleSource, usage: Addr<UsageAccumulator>, spill: Spill) -> Self {
         let (control, requests) = mpsc::channel(1);
-        tokio::spawn(forward(source, usage, requests));
-        Self { control }
+        tokio::spawn(forward(source, usage.clone(), requests));
+        let restore_watch = match spill.load() {
+            Ok(records) if records.is_empty() => None,
+            Ok(records) => {
+                usage.do_send(Restore(records));
+                Some(tokio::spawn(remove_when_written(
+                    usage.clone(),
+                    spill.clone(),
+                )))
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the usage spill file");
+                None
+            }
+        };
+        Self {
+            control,
+            usage,
+            spill,
+            restore_watch,
+        }
     }
 
     /// Delivers every event recorded so far, then has the accumulator write
@@ -117,6 +146,63 @@ impl UsageFeed {
             .await
             .ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// The shutdown flush; what the store could not take by `deadline` is
+    /// kept in the spill file for the next start.
+    pub async fn shutdown(self, deadline: Instant) {
+        if let Some(watch) = &self.restore_watch {
+            // The spill file is about to be replaced: nobody may remove it.
+            watch.abort();
+        }
+        match self.flush(deadline).await {
+            Some(report) if report.complete => {
+                tracing::info!(records = report.records_written, "usage flushed");
+                return;
+            }
+            Some(report) => tracing::warn!(
+                pending_records = report.pending_records,
+                open_buckets = report.open_buckets,
+                "the store did not take all usage before the deadline; keeping it on disk"
+            ),
+            None => tracing::error!("usage flush failed: the accumulator is gone"),
+        }
+        let records = match self.usage.send(TakeUnwritten).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(%error, "usage lost: the accumulator is gone");
+                return;
+            }
+        };
+        match self.spill.keep(&records) {
+            Ok(()) => tracing::warn!(
+                records = records.len(),
+                "usage kept on disk for the next start"
+            ),
+            Err(error) => {
+                metrics::counter!("dynabase_usage_records_lost_total")
+                    .increment(records.len() as u64);
+                tracing::error!(%error, records = records.len(), "usage lost: cannot keep it on disk");
+            }
+        }
+    }
+}
+
+/// Removes the spill file once the accumulator has written every restored
+/// record (a crash before that restores them again: harmless, keyed).
+async fn remove_when_written(usage: Addr<UsageAccumulator>, spill: Spill) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match usage.send(Status).await {
+            Ok(status) if status.restored_outstanding == 0 => {
+                if let Err(error) = spill.remove() {
+                    tracing::error!(%error, "cannot remove the usage spill file");
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -249,3 +249,41 @@ async fn mongo_outage_during_load_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(measured(&admin_usage(&server, "outage").await).0, completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_the_store_is_down_keeps_usage_on_disk_until_written() {
+    let Some(pg) = pg() else { return };
+    let Some(bin) = Ferret::binary() else { return };
+    let mut ferret = Ferret::start(bin);
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("DYNABASE__USAGE__FLUSH_INTERVAL", FLUSH.to_owned()),
+        ("MONGODB_URL", ferret.url()),
+        ("DYNABASE__STORE__MONGODB_DATABASE", unique("spill")),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(dir.path(), &env);
+    create_org(&server, "spill", "pro", &pg).await;
+    let (stop, seen, tasks) = load(&server, "spill", 2).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ferret.down();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    finish(&stop, tasks).await;
+    let completed = seen.lock().unwrap().completed.len() as u64;
+    let status = server.terminate(Duration::from_secs(30)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    let spill_file = dir.path().join("usage-unwritten.jsonl");
+    assert!(spill_file.is_file(), "unwritten usage kept on disk");
+
+    ferret.up();
+    let server = Server::start(dir.path(), &env);
+    let report = wait_for_cycles(&server, "spill", completed, Duration::from_secs(30)).await;
+    let (cycles, _, _) = measured(&report);
+    eprintln!("SIGTERM with the store down: recorded {cycles} of {completed} after restart");
+    assert_eq!(cycles, completed, "exact once the store is back: {report}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spill_file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!spill_file.exists(), "removed once written");
+}

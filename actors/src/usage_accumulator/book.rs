@@ -21,7 +21,7 @@
 //! that restarts with the same id never reuses a key for new usage.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -86,6 +86,9 @@ pub struct UsageBook {
     next_attempt: Option<Instant>,
     /// Shutting down: retry at the base interval, never longer.
     draining: bool,
+    /// Keys of records handed back by [`Self::restore`] and not yet
+    /// acknowledged.
+    restored: HashSet<String>,
 }
 
 impl UsageBook {
@@ -101,6 +104,7 @@ impl UsageBook {
             failures: 0,
             next_attempt: None,
             draining: false,
+            restored: HashSet::new(),
         }
     }
 
@@ -267,6 +271,11 @@ impl UsageBook {
     /// The store acknowledged the batch in flight (`writes` in its order).
     pub fn batch_written(&mut self, writes: &[Write]) -> Written {
         let records = std::mem::take(&mut self.in_flight);
+        if !self.restored.is_empty() {
+            for r in &records {
+                self.restored.remove(&r.key);
+            }
+        }
         let already_applied = writes
             .iter()
             .filter(|w| **w == Write::AlreadyApplied)
@@ -304,6 +313,28 @@ impl UsageBook {
         for record in self.in_flight.drain(..).rev() {
             self.pending.push_front(record);
         }
+    }
+
+    /// Everything not yet acknowledged, open windows included (cut now),
+    /// taken out of the book: what the app keeps on disk when the store
+    /// could not take it before exit.
+    pub fn take_unwritten(&mut self) -> Result<Vec<UsageRecord>, UsageError> {
+        self.cut(true)?;
+        self.restore_in_flight();
+        Ok(self.pending.drain(..).collect())
+    }
+
+    /// Records kept on disk by an earlier process: written again under
+    /// their own keys (so a record that did land is answered
+    /// `AlreadyApplied`, not counted twice).
+    pub fn restore(&mut self, records: Vec<UsageRecord>) {
+        self.restored.extend(records.iter().map(|r| r.key.clone()));
+        self.pending.extend(records);
+    }
+
+    /// Restored records not yet acknowledged.
+    pub fn restored_outstanding(&self) -> usize {
+        self.restored.len()
     }
 
     /// From now on, retry at the base interval (shutdown).

@@ -33,7 +33,7 @@ use crate::{
         catalog::TierCatalog,
         cycle::CycleEvent,
         org_id::OrgId,
-        records::{Period, Write},
+        records::{Period, UsageRecord, Write},
         time::{ClockAnchor, UnixMillis},
     },
     ping::{InjectFault, Ping, Pong},
@@ -75,7 +75,20 @@ pub struct FlushReport {
     pub records_written: u64,
     pub records_already_applied: u64,
     pub failed_writes: u64,
+    /// Records handed back with [`Restore`] and not yet acknowledged.
+    pub restored_outstanding: usize,
 }
+
+/// Takes everything not yet written out of the accumulator (after a
+/// [`Flush`] that could not finish), for the app to keep on disk.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<UsageRecord>")]
+pub struct TakeUnwritten;
+
+/// Records an earlier process kept on disk, to be written under their keys.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Restore(pub Vec<UsageRecord>);
 
 /// An org's total for a period changed outside the accumulator (an operator
 /// adjustment): its usage warnings are checked at the next flush.
@@ -139,6 +152,7 @@ impl UsageAccumulator {
             records_written: self.records_written,
             records_already_applied: self.records_already_applied,
             failed_writes: self.failed_writes,
+            restored_outstanding: self.book.restored_outstanding(),
         }
     }
 
@@ -364,6 +378,25 @@ impl Handler<Flush> for UsageAccumulator {
                 report
             }),
         )
+    }
+}
+
+impl Handler<TakeUnwritten> for UsageAccumulator {
+    type Result = MessageResult<TakeUnwritten>;
+    fn handle(&mut self, _: TakeUnwritten, ctx: &mut Context<Self>) -> Self::Result {
+        let book = &mut self.book;
+        let records = guarded(NAME, ctx, || book.take_unwritten()).unwrap_or_default();
+        self.publish_gauges();
+        MessageResult(records)
+    }
+}
+
+impl Handler<Restore> for UsageAccumulator {
+    type Result = ();
+    fn handle(&mut self, msg: Restore, ctx: &mut Context<Self>) {
+        tracing::info!(records = msg.0.len(), "usage records restored from disk");
+        self.book.restore(msg.0);
+        self.write_next(ctx);
     }
 }
 

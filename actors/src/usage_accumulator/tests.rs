@@ -312,3 +312,26 @@ async fn warnings_fire_once_per_threshold_across_replicas() {
     let keys: Vec<&str> = notes.iter().map(|n| n.key.as_str()).collect();
     assert_eq!(keys, ["usage:small:2026-11:80", "usage:small:2026-11:100"]);
 }
+
+#[test]
+fn unwritten_records_are_taken_and_restored_under_their_keys() {
+    let a = anchor();
+    let mut book = UsageBook::new(book_config("r1"), a);
+    let (x, y) = (labels("x", "db"), labels("y", "db"));
+    book.record(&event(&a, &x, StatementKind::Select, 0, 5));
+    book.record(&event(&a, &y, StatementKind::Select, 0, 5));
+    book.cut(false).unwrap();
+    let in_flight = book.next_batch(Instant::now()).unwrap();
+    book.record(&event(&a, &x, StatementKind::Insert, 0, 7));
+    let taken = book.take_unwritten().unwrap();
+    assert_eq!(taken.len(), 3);
+    assert_eq!(&taken[..2], &in_flight[..], "in flight first, keys kept");
+    assert!(book.is_drained());
+
+    let mut next_process = UsageBook::new(book_config("r1"), a);
+    next_process.restore(taken.clone());
+    assert_eq!(next_process.restored_outstanding(), 3);
+    assert_eq!(next_process.next_batch(Instant::now()).unwrap(), taken);
+    next_process.batch_written(&[Write::Applied, Write::AlreadyApplied, Write::Applied]);
+    assert_eq!(next_process.restored_outstanding(), 0);
+}
