@@ -5,19 +5,16 @@
 
 use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
-use actix::Addr;
 use dynabase_actors::{
-    domain::cycle::CycleEvent,
     lifecycle::Tick,
     shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
     tenant::SharedPolicy,
     tier_cache::{NoTierCache, TierCache},
-    usage_accumulator::{CycleBatch, UsageAccumulator},
-    Store, UnixMillis,
+    ClockAnchor, Store, UnixMillis,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{
     adapters::{
@@ -30,10 +27,12 @@ use crate::{
     },
     http::{self, HttpState, LifecycleHttp},
     proxy::{
-        self, cancel::CancelKeys, cycle::CycleSink, sessions::SessionTable, tls::TlsError,
-        ProxyConfig, ProxyContext,
+        self, cancel::CancelKeys, cycle, sessions::SessionTable, tls::TlsError, ProxyConfig,
+        ProxyContext,
     },
     settings::{Settings, StoreSettings},
+    usage_feed::{self, UsageFeed, UsageFeedError},
+    usage_spill::Spill,
 };
 
 /// Bound sockets the platform serves on (bound by the caller, so tests and
@@ -43,10 +42,12 @@ pub struct Listeners {
     pub proxy: TcpListener,
 }
 
-/// Cycle events buffered between the proxy and the actors: enough for
-/// `CYCLE_DRAIN_INTERVAL` at over a million cycles per second.
+/// Cycle events buffered between the proxy and the usage feed, which drains
+/// them on a timer: enough for over a million cycles per second.
 const CYCLE_CHANNEL: usize = 131_072;
-const CYCLE_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The shutdown flush gets at least this long, even when sessions used up
+/// the shutdown deadline: unwritten usage is unbilled usage.
+const MIN_FLUSH_TIME: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -64,6 +65,8 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error("proxy TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("usage: {0}")]
+    Usage(#[from] UsageFeedError),
     #[error(
         "http.admin_token is empty: set DYNABASE_ADMIN_TOKEN, or run in development mode (`dynabase serve --dev`)"
     )]
@@ -109,6 +112,8 @@ pub async fn run(
         None => None,
     };
     let catalog = Arc::new(settings.catalog.clone());
+    let anchor = ClockAnchor::now();
+    let usage_config = usage_feed::usage_config(&settings, anchor)?;
     let shared_limits = match &settings.redis {
         Some(r) => {
             let limits = RedisLimits::new(
@@ -155,7 +160,7 @@ pub async fn run(
         notification_sender: Arc::new(sender),
         notification_backoff: notifications.backoff,
         notification_max_attempts: notifications.max_attempts,
-        ..PlatformDeps::new(store.clone(), catalog)
+        ..PlatformDeps::new(store.clone(), catalog.clone(), usage_config)
     });
     let invalidations = match (&settings.redis, redis_client) {
         (Some(r), Some(client)) => Some(spawn_invalidation_listener(
@@ -177,8 +182,17 @@ pub async fn run(
     ];
     let sessions = Arc::new(SessionTable::default());
 
-    let (cycle_tx, cycle_rx) = mpsc::channel(CYCLE_CHANNEL);
-    tokio::spawn(forward_cycles(cycle_rx, actors.usage.clone()));
+    let (cycles, cycle_source) = cycle::channel(CYCLE_CHANNEL, anchor);
+    let cycles = if settings.usage.enabled {
+        cycles
+    } else {
+        cycle::CycleSink::disabled()
+    };
+    let usage_feed = UsageFeed::start(
+        cycle_source,
+        actors.usage.clone(),
+        Spill::new(&settings.store.data_dir),
+    );
     let proxy_ctx = Arc::new(ProxyContext {
         config: ProxyConfig {
             handshake_timeout: settings.proxy.handshake_timeout,
@@ -192,7 +206,7 @@ pub async fn run(
         tenants: actors.tenants.clone(),
         sessions: sessions.clone(),
         cancel_keys: Arc::new(CancelKeys::default()),
-        cycles: CycleSink::new(cycle_tx),
+        cycles,
         shared_limits,
         replica_id: settings.replica_id.clone(),
     });
@@ -211,6 +225,7 @@ pub async fn run(
         metrics,
         redis,
         sessions: sessions.clone(),
+        catalog,
         lifecycle: LifecycleHttp {
             stripe: (!settings.stripe.webhook_secret.is_empty())
                 .then(|| StripeWebhooks::new(settings.stripe.webhook_secret.clone())),
@@ -250,6 +265,14 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    // Every session has ended, so every cycle is in the feed: write it all.
+    let now = std::time::Instant::now();
+    let flush_deadline = now
+        + deadline
+            .into_std()
+            .saturating_duration_since(now)
+            .max(MIN_FLUSH_TIME);
+    usage_feed.shutdown(flush_deadline).await;
     server_task.abort();
     for task in lifecycle_tasks {
         task.abort();
@@ -286,40 +309,5 @@ async fn refresh_tiers(actors: PlatformActors, max_age: Duration) {
     loop {
         ticks.tick().await;
         actors.tenants.refresh_due(UnixMillis::now(), max_age).await;
-    }
-}
-
-/// Moves cycle events from the proxy's channel to the UsageAccumulator in
-/// batches, so the actor handles one message per batch, not per query. It
-/// drains on a timer rather than waiting on the channel: a waiting receiver
-/// would be woken (a cross-thread wake-up) by every query.
-async fn forward_cycles(mut rx: mpsc::Receiver<CycleEvent>, usage: Addr<UsageAccumulator>) {
-    const BATCH: usize = 4096;
-    let mut tick = tokio::time::interval(CYCLE_DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        loop {
-            let mut batch = Vec::with_capacity(BATCH);
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        if !batch.is_empty() {
-                            usage.do_send(CycleBatch(batch));
-                        }
-                        return;
-                    }
-                }
-            }
-            let full = batch.len() == BATCH;
-            if !batch.is_empty() {
-                usage.do_send(CycleBatch(batch));
-            }
-            if !full {
-                break;
-            }
-        }
     }
 }

@@ -11,3 +11,5 @@ pub mod org_admin;
 pub mod org_cli;
 pub mod proxy;
 pub mod settings;
+pub mod usage_feed;
+pub mod usage_spill;

@@ -21,7 +21,7 @@ use dynabase_actors::{
         organization::LifecycleState,
         records::{
             CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageRecord, Write,
+            UsageAdjustment, UsageRecord, Write,
         },
     },
     lifecycle::Tick,
@@ -56,6 +56,22 @@ impl Store for FlakyStore {
     }
     async fn record_usage(&self, r: &UsageRecord) -> Result<Write, StoreError> {
         self.inner.record_usage(r).await
+    }
+    async fn add_usage_adjustment(&self, a: &UsageAdjustment) -> Result<Write, StoreError> {
+        self.inner.add_usage_adjustment(a).await
+    }
+    async fn usage_adjustments(
+        &self,
+        org: &OrgId,
+        p: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError> {
+        self.inner.usage_adjustments(org, p).await
+    }
+    async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError> {
+        self.inner.set_api_token_hash(org, hash).await
+    }
+    async fn api_token_hash(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
+        self.inner.api_token_hash(org).await
     }
     async fn usage_for_period(
         &self,
@@ -136,6 +152,17 @@ impl Store for FlakyStore {
     }
 }
 
+fn usage_config() -> dynabase_actors::usage_accumulator::UsageConfig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = dynabase::settings::LoadOptions {
+        config_dir: dir.path().to_path_buf(),
+        env: Default::default(),
+    };
+    let settings = dynabase::settings::load(&options).expect("built-in configuration");
+    dynabase::usage_feed::usage_config(&settings, dynabase_actors::ClockAnchor::now())
+        .expect("usage configuration")
+}
+
 fn catalog() -> Arc<TierCatalog> {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = dynabase::settings::LoadOptions {
@@ -213,7 +240,7 @@ async fn a_failed_effect_is_kept_and_retried_until_applied() {
     let start = |store: Arc<FlakyStore>| {
         PlatformActors::start_with(PlatformDeps {
             prices: PriceMap::new([("price_pro".to_owned(), Tier::Pro)]),
-            ..PlatformDeps::new(store, catalog())
+            ..PlatformDeps::new(store, catalog(), usage_config())
         })
     };
     let actors = start(store.clone());

@@ -22,7 +22,7 @@ use dynabase_actors::{
         organization::LifecycleState,
         records::{
             CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageRecord, Write,
+            UsageAdjustment, UsageRecord, Write,
         },
     },
     OrgId, Organization, PendingTierChange, Store, StoreError, Tier, UnixMillis, Upstream,
@@ -260,6 +260,122 @@ async fn case_usage_is_scoped(store: &dyn Store) {
         .await
         .expect("list");
     assert!(empty.is_empty());
+}
+
+async fn case_usage_batch_is_idempotent(store: &dyn Store) {
+    let p = period("2026-08");
+    let earlier = usage(
+        "r1:batch-a:app:1000:1",
+        "batch-a",
+        "2026-08",
+        1_000,
+        3,
+        "0.3",
+    );
+    assert_eq!(
+        store.record_usage(&earlier).await.expect("single"),
+        Write::Applied
+    );
+    let batch = vec![
+        usage(
+            "r1:batch-a:app:2000:2",
+            "batch-a",
+            "2026-08",
+            2_000,
+            5,
+            "0.5",
+        ),
+        earlier.clone(),
+        usage(
+            "r1:batch-a:app:3000:2",
+            "batch-a",
+            "2026-08",
+            3_000,
+            7,
+            "0.7",
+        ),
+    ];
+    assert_eq!(
+        store.record_usage_batch(&batch).await.expect("batch"),
+        vec![Write::Applied, Write::AlreadyApplied, Write::Applied],
+        "answers in the order of the records"
+    );
+    // The whole flush retried after a lost acknowledgement.
+    assert_eq!(
+        store.record_usage_batch(&batch).await.expect("retry"),
+        vec![Write::AlreadyApplied; 3]
+    );
+    assert_eq!(
+        store.record_usage_batch(&[]).await.expect("empty"),
+        Vec::<Write>::new()
+    );
+    let listed = store
+        .usage_for_period(&id("batch-a"), &p)
+        .await
+        .expect("list");
+    assert_eq!(totals(&listed), (15, dec("1.5")), "no double counting");
+}
+
+fn adjustment(key: &str, org_id: &str, p: &str, hours: &str, at: i64) -> UsageAdjustment {
+    UsageAdjustment {
+        key: key.to_owned(),
+        org: id(org_id),
+        period: period(p),
+        vcpu_hours: dec(hours),
+        reason: format!("reason {key}"),
+        by: "admin".to_owned(),
+        created_at: UnixMillis(at),
+    }
+}
+
+async fn case_adjustments_once_per_key(store: &dyn Store) {
+    let late = adjustment("adj-a-2", "adj-a", "2026-09", "2.5", 200);
+    let early = adjustment("adj-a-1", "adj-a", "2026-09", "-1.25", 100);
+    let other_period = adjustment("adj-a-3", "adj-a", "2026-10", "9", 100);
+    let other_org = adjustment("adj-b-1", "adj-b", "2026-09", "9", 100);
+    for a in [&late, &early, &other_period, &other_org] {
+        assert_eq!(
+            store.add_usage_adjustment(a).await.expect("add"),
+            Write::Applied
+        );
+    }
+    let mut retried = early.clone();
+    retried.vcpu_hours = dec("-100");
+    assert_eq!(
+        store.add_usage_adjustment(&retried).await.expect("retry"),
+        Write::AlreadyApplied
+    );
+    let listed = store
+        .usage_adjustments(&id("adj-a"), &period("2026-09"))
+        .await
+        .expect("list");
+    assert_eq!(
+        listed,
+        vec![early, late],
+        "oldest first, scoped, first wins"
+    );
+}
+
+async fn case_api_token_hashes(store: &dyn Store) {
+    let (a, b) = (id("tok-a"), id("tok-b"));
+    match store.set_api_token_hash(&a, "h0").await {
+        Err(StoreError::NotFound(missing)) => assert_eq!(missing, a),
+        other => panic!("expected NotFound for an unknown org, got {other:?}"),
+    }
+    store.create_org(&org("tok-a")).await.expect("org a");
+    store.create_org(&org("tok-b")).await.expect("org b");
+    assert_eq!(store.api_token_hash(&a).await.expect("none yet"), None);
+    store.set_api_token_hash(&a, "h1").await.expect("issue");
+    store.set_api_token_hash(&b, "hb").await.expect("issue b");
+    store.set_api_token_hash(&a, "h2").await.expect("rotate");
+    assert_eq!(
+        store.api_token_hash(&a).await.expect("a"),
+        Some("h2".to_owned())
+    );
+    assert_eq!(
+        store.api_token_hash(&b).await.expect("b"),
+        Some("hb".to_owned())
+    );
 }
 
 async fn case_webhook_event_once(store: &dyn Store) {
@@ -627,6 +743,14 @@ async fn case_persist_write(store: &dyn Store) {
         .record_subscription_event("sub_keep", 50, "evt_keep_sub")
         .await
         .expect("subscription event");
+    store
+        .add_usage_adjustment(&adjustment("keep-adj", "keep", "2026-07", "0.5", 10))
+        .await
+        .expect("adjustment");
+    store
+        .set_api_token_hash(&id("keep"), "kept-hash")
+        .await
+        .expect("token");
 }
 
 /// Checks, after reopening, that everything `case_persist_write` wrote is
@@ -676,6 +800,17 @@ async fn case_persist_check(store: &dyn Store) {
             .expect("notification"),
         Write::AlreadyApplied
     );
+    assert_eq!(
+        store
+            .usage_adjustments(&id("keep"), &period("2026-07"))
+            .await
+            .expect("adjustments"),
+        vec![adjustment("keep-adj", "keep", "2026-07", "0.5", 10)]
+    );
+    assert_eq!(
+        store.api_token_hash(&id("keep")).await.expect("token"),
+        Some("kept-hash".to_owned())
+    );
     // A change at the same instant after reopening still sorts after the old
     // one: the tie-breaker survives the restart.
     let second = tier_change("keep", Tier::Pro, Tier::Enterprise, 10, "second");
@@ -720,6 +855,9 @@ where
     case_get_missing(&*store).await;
     case_usage_is_idempotent(&*store).await;
     case_usage_is_scoped(&*store).await;
+    case_usage_batch_is_idempotent(&*store).await;
+    case_adjustments_once_per_key(&*store).await;
+    case_api_token_hashes(&*store).await;
     case_webhook_event_once(&*store).await;
     case_invoices_are_idempotent(&*store).await;
     case_calibration_once_per_period(&*store).await;
@@ -785,6 +923,7 @@ async fn mongo_store_conforms() {
     // The secondary indexes were created (the server keeps `_id` itself).
     for (collection, expected) in [
         ("tenantUsage", "org_1_period_1"),
+        ("usageAdjustments", "org_1_period_1"),
         ("invoices", "org_1"),
         ("notifications", "org_1_createdAt_1"),
         ("tierChanges", "org_1_at_1"),

@@ -9,6 +9,7 @@
 pub mod calibrator;
 pub mod domain;
 pub mod lifecycle;
+pub mod memory_store;
 pub mod ping;
 pub mod rate_limiter;
 pub mod shared_limits;
@@ -25,6 +26,6 @@ pub use domain::{
     org_id::{OrgId, OrgIdError},
     organization::{Organization, PendingTierChange, Upstream, UpstreamError},
     tier::{Tier, TierParseError},
-    time::UnixMillis,
+    time::{ClockAnchor, UnixMillis},
 };
 pub use store::{Store, StoreError};

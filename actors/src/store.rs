@@ -16,7 +16,7 @@ use crate::domain::{
     organization::Organization,
     records::{
         CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-        UsageRecord, Write,
+        UsageAdjustment, UsageRecord, Write,
     },
     time::UnixMillis,
 };
@@ -47,11 +47,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds usage once per `record.key`.
     async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError>;
+    /// Adds each record once per key, in one round trip where the store
+    /// can; the answers are in the order of `records`. On `Err` some records
+    /// may have been applied: retrying the same records is always safe.
+    async fn record_usage_batch(&self, records: &[UsageRecord]) -> Result<Vec<Write>, StoreError> {
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            out.push(self.record_usage(record).await?);
+        }
+        Ok(out)
+    }
+    /// By window, then key.
     async fn usage_for_period(
         &self,
         org: &OrgId,
         period: &Period,
     ) -> Result<Vec<UsageRecord>, StoreError>;
+
+    /// Adds an operator adjustment once per `adjustment.key`.
+    async fn add_usage_adjustment(&self, adjustment: &UsageAdjustment)
+        -> Result<Write, StoreError>;
+    /// Oldest first.
+    async fn usage_adjustments(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError>;
+
+    /// Sets (or replaces: rotation) the SHA-256 hash of the org's API token.
+    async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError>;
+    async fn api_token_hash(&self, org: &OrgId) -> Result<Option<String>, StoreError>;
 
     /// Marks a webhook event as processed; `AlreadyApplied` if it was.
     async fn mark_event_processed(&self, event: &ProcessedEvent) -> Result<Write, StoreError>;

@@ -27,7 +27,7 @@ use crate::{
     store::Store,
     tenant::{SharedPolicy, TenantRegistry},
     tier_cache::{NoTierCache, TierCache},
-    usage_accumulator::UsageAccumulator,
+    usage_accumulator::{UsageAccumulator, UsageConfig},
     webhook_handler::WebhookHandler,
 };
 
@@ -57,15 +57,17 @@ pub struct PlatformDeps {
     pub notification_sender: Arc<dyn NotificationSender>,
     pub notification_backoff: Backoff,
     pub notification_max_attempts: u32,
+    pub usage: UsageConfig,
 }
 
 impl PlatformDeps {
     /// No shared cache, default lifecycle timings, no prices, no outbound
     /// notifications.
-    pub fn new(store: Arc<dyn Store>, catalog: Arc<TierCatalog>) -> Self {
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<TierCatalog>, usage: UsageConfig) -> Self {
         Self {
             store,
             catalog,
+            usage,
             tier_cache: Arc::new(NoTierCache),
             shared_limits: None,
             policy: LifecyclePolicy::default(),
@@ -95,12 +97,14 @@ impl NotificationSender for NoNotificationSender {
 impl PlatformActors {
     /// Starts the actors on the current actix arbiter, with defaults for
     /// everything but the store and the catalog.
-    pub fn start(store: Arc<dyn Store>, catalog: Arc<TierCatalog>) -> Self {
-        Self::start_with(PlatformDeps::new(store, catalog))
+    pub fn start(store: Arc<dyn Store>, catalog: Arc<TierCatalog>, usage: UsageConfig) -> Self {
+        Self::start_with(PlatformDeps::new(store, catalog, usage))
     }
 
     /// Starts the actors on the current actix arbiter.
     pub fn start_with(deps: PlatformDeps) -> Self {
+        let (usage_store, usage_catalog, usage) =
+            (deps.store.clone(), deps.catalog.clone(), deps.usage);
         let mut tenants =
             TenantRegistry::new(deps.store.clone(), deps.catalog).with_tier_cache(deps.tier_cache);
         if let Some(policy) = deps.shared_limits {
@@ -128,7 +132,9 @@ impl PlatformActors {
         };
         Self {
             rate_limiter: Supervisor::start(|_| RateLimiter::default()),
-            usage: Supervisor::start(|_| UsageAccumulator::default()),
+            usage: Supervisor::start(move |_| {
+                UsageAccumulator::new(usage_store, usage_catalog, usage)
+            }),
             calibrator: Supervisor::start(|_| Calibrator::default()),
             webhooks,
             tenants,
@@ -154,7 +160,7 @@ mod tests {
         assert_eq!(pong.actor, "rate_limiter");
 
         // Every service actor is supervised the same way.
-        let usage = Supervisor::start(|_| UsageAccumulator::default());
+        let usage = Supervisor::start(|_| crate::usage_accumulator::tests::accumulator().0);
         usage.do_send(InjectFault);
         assert_eq!(usage.send(Ping).await.unwrap().restarts, 1);
     }

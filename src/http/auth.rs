@@ -7,6 +7,15 @@ use subtle::ConstantTimeEq;
 
 use super::{error::ApiError, HttpState};
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub(super) fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// Present in a handler's arguments = the request carried the admin token.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAuth;
@@ -20,13 +29,7 @@ impl FromRequest for AdminAuth {
             .app_data::<web::Data<HttpState>>()
             .map(|s| s.admin_token.expose().as_bytes().to_vec())
             .unwrap_or_default();
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
+        let presented = bearer_token(req).unwrap_or("");
         // An empty expected token never matches: the server does not start
         // admin routes without one (see `app`).
         let ok = !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(&expected));

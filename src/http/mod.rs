@@ -1,8 +1,10 @@
-//! The HTTP API (actix-web): health, readiness, metrics and the admin routes.
+//! The HTTP API (actix-web): health, readiness, metrics, the admin routes
+//! and the customer's usage route.
 //!
 //! Handlers translate HTTP to store calls and actor messages; they hold no
 //! policy of their own.
 
+mod api_token;
 mod auth;
 mod connections;
 pub mod customer_limits;
@@ -12,11 +14,12 @@ mod lifecycle_admin;
 mod org_body;
 mod orgs;
 mod stripe;
+mod usage;
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{dev::Server, web, App, HttpServer};
-use dynabase_actors::{supervisor::PlatformActors, Store};
+use dynabase_actors::{supervisor::PlatformActors, Store, TierCatalog};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
@@ -37,6 +40,7 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub redis: Option<RedisProbe>,
     pub sessions: Arc<SessionTable>,
+    pub catalog: Arc<TierCatalog>,
     pub lifecycle: LifecycleHttp,
 }
 
@@ -61,6 +65,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(orgs::update)
         .service(connections::for_org)
         .service(connections::terminate)
+        .service(usage::admin_report)
+        .service(usage::adjust)
+        .service(usage::issue_token)
+        .service(usage::customer_report)
         .service(lifecycle_admin::set_tier)
         .service(lifecycle_admin::tier_history)
         .service(lifecycle_admin::notifications)

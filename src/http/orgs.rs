@@ -6,7 +6,7 @@ use dynabase_actors::{OrgId, UnixMillis};
 use super::{auth::AdminAuth, error::ApiError, org_body, HttpState};
 use crate::org_admin;
 
-fn org_id(raw: &str) -> Result<OrgId, ApiError> {
+pub(super) fn org_id(raw: &str) -> Result<OrgId, ApiError> {
     // A syntactically impossible id cannot exist.
     OrgId::parse(raw).map_err(|_| ApiError::NotFound(format!("organization `{raw}` not found")))
 }

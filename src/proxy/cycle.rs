@@ -8,10 +8,19 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant},
 };
 
 pub use dynabase_actors::domain::cycle::{CycleEvent, SessionLabels, StatementKind};
+use dynabase_actors::{domain::usage::micros, usage_accumulator::FoldedCycles, ClockAnchor};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    Notify,
+};
 
 /// Classifies SQL text by its first keyword (after whitespace, comments and
 /// parentheses). `WITH` counts as a SELECT.
@@ -246,21 +255,197 @@ mod tests {
     }
 }
 
-/// Where finished cycles go: a bounded channel to the actors. Recording
-/// never waits; when the channel is full the event is counted as dropped.
-#[derive(Debug, Clone)]
+/// Most distinct (session, kind, window) aggregates the overflow holds; past
+/// it events are lost (counted and logged). Reaching it needs the
+/// accumulator stalled with thousands of busy sessions.
+const MAX_FOLDED: usize = 65_536;
+
+/// Where finished cycles go: a bounded channel to the usage accumulator.
+/// Recording never waits. When the channel is full the event is folded into
+/// a small aggregate keyed by (session, kind, window), which the forwarder
+/// drains — aggregated earlier rather than dropped; only past
+/// [`MAX_FOLDED`] aggregates is an event lost, and that is counted and
+/// logged.
+#[derive(Clone)]
 pub struct CycleSink {
-    tx: tokio::sync::mpsc::Sender<CycleEvent>,
+    /// `None`: usage metering is off (`usage.enabled = false`).
+    inner: Option<Arc<SinkShared>>,
+}
+
+/// The receiving end, for the forwarder.
+pub struct CycleSource {
+    rx: mpsc::Receiver<CycleEvent>,
+    shared: Arc<SinkShared>,
+}
+
+/// The folded aggregates, drained by the forwarder beside the channel.
+#[derive(Clone)]
+pub struct Overflow(Arc<SinkShared>);
+
+struct SinkShared {
+    tx: mpsc::Sender<CycleEvent>,
+    anchor: ClockAnchor,
+    /// Keyed by the address of the session's labels (kept alive by the
+    /// value), so folding an event allocates nothing once its entry exists.
+    overflow: Mutex<HashMap<(usize, StatementKind, i64), FoldedCycles>>,
+    folded: Notify,
+    lost: AtomicU64,
+}
+
+impl std::fmt::Debug for CycleSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CycleSink")
+            .field("enabled", &self.inner.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sink and its source around a channel of `capacity` events; `anchor`
+/// places folded events in their windows.
+pub fn channel(capacity: usize, anchor: ClockAnchor) -> (CycleSink, CycleSource) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let shared = Arc::new(SinkShared {
+        tx,
+        anchor,
+        overflow: Mutex::new(HashMap::new()),
+        folded: Notify::new(),
+        lost: AtomicU64::new(0),
+    });
+    (
+        CycleSink {
+            inner: Some(shared.clone()),
+        },
+        CycleSource { rx, shared },
+    )
 }
 
 impl CycleSink {
-    pub fn new(tx: tokio::sync::mpsc::Sender<CycleEvent>) -> Self {
-        Self { tx }
+    /// A sink that records nothing.
+    pub fn disabled() -> Self {
+        Self { inner: None }
     }
 
     pub fn record(&self, event: CycleEvent) {
-        if self.tx.try_send(event).is_err() {
-            metrics::counter!("dynabase_proxy_cycle_events_dropped_total").increment(1);
+        let Some(shared) = &self.inner else {
+            return;
+        };
+        let event = match shared.tx.try_send(event) {
+            Ok(()) => return,
+            Err(TrySendError::Full(event) | TrySendError::Closed(event)) => event,
+        };
+        metrics::counter!("dynabase_usage_events_folded_total").increment(1);
+        let window = shared.anchor.window_of(event.started);
+        let duration_us = micros(event.duration);
+        let key = (Arc::as_ptr(&event.session) as usize, event.kind, window.0);
+        let mut overflow = shared
+            .overflow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = overflow.get_mut(&key) {
+            f.cycles += 1;
+            f.duration_us = f.duration_us.saturating_add(duration_us);
+        } else if overflow.len() < MAX_FOLDED {
+            overflow.insert(
+                key,
+                FoldedCycles {
+                    session: event.session,
+                    kind: event.kind,
+                    window,
+                    cycles: 1,
+                    duration_us,
+                },
+            );
+        } else {
+            drop(overflow);
+            let lost = shared.lost.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::counter!("dynabase_usage_events_lost_total").increment(1);
+            // Logged at powers of two: visible, without a line per event.
+            if lost.is_power_of_two() {
+                tracing::error!(
+                    lost,
+                    org = %event.session.org,
+                    "usage events lost: the accumulator is far behind"
+                );
+            }
+            return;
         }
+        drop(overflow);
+        shared.folded.notify_one();
+    }
+}
+
+impl CycleSource {
+    /// Moves every event already in the channel into `buf` without waiting
+    /// (and without registering for wake-ups: see `usage_feed`). Returns
+    /// false once every sink is gone and the channel is empty.
+    pub fn drain_into(&mut self, buf: &mut Vec<CycleEvent>) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(event) => buf.push(event),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    pub fn overflow(&self) -> Overflow {
+        Overflow(self.shared.clone())
+    }
+}
+
+impl Overflow {
+    /// Resolves when events have been folded since the last drain.
+    pub async fn folded(&self) {
+        self.0.folded.notified().await;
+    }
+
+    /// Takes the folded aggregates.
+    pub fn take_folded(&self) -> Vec<FoldedCycles> {
+        let mut overflow = self
+            .0
+            .overflow
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        overflow.drain().map(|(_, f)| f).collect()
+    }
+
+    /// Events lost so far.
+    pub fn lost(&self) -> u64 {
+        self.0.lost.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod sink_tests {
+    use super::*;
+    use dynabase_actors::OrgId;
+
+    #[tokio::test]
+    async fn a_full_channel_folds_events_instead_of_dropping_them() {
+        let anchor = ClockAnchor::now();
+        let (sink, mut source) = channel(2, anchor);
+        let session = Arc::new(SessionLabels {
+            org: OrgId::parse("acme").unwrap(),
+            database: "app".into(),
+            work_mem_mb: 4,
+        });
+        let event = |ms| CycleEvent {
+            session: session.clone(),
+            kind: StatementKind::Select,
+            started: anchor.instant,
+            duration: Duration::from_millis(ms),
+        };
+        for _ in 0..10 {
+            sink.record(event(3));
+        }
+        let mut buf = Vec::new();
+        source.drain_into(&mut buf);
+        assert_eq!(buf.len(), 2);
+        let folded = source.overflow().take_folded();
+        assert_eq!(folded.len(), 1);
+        assert_eq!((folded[0].cycles, folded[0].duration_us), (8, 24_000));
+        assert_eq!(folded[0].window, anchor.window_of(anchor.instant));
+        assert_eq!(source.overflow().lost(), 0);
+        CycleSink::disabled().record(event(1));
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! `config/default.toml` → `config/tiers.toml` → `config/$DYNABASE_ENV.toml`
 //! (optional) → `DYNABASE__SECTION__KEY` → the conventional variables `PORT`,
-//! `MONGODB_URL`, `REDIS_URL`, `DYNABASE_ADMIN_TOKEN`, `STRIPE_WEBHOOK_SECRET`,
-//! `DYNABASE_NOTIFICATION_SECRET`. When the config
+//! `MONGODB_URL`, `REDIS_URL`, `DYNABASE_ADMIN_TOKEN`, `RAILWAY_REPLICA_ID`,
+//! `STRIPE_WEBHOOK_SECRET`, `DYNABASE_NOTIFICATION_SECRET`. When the config
 //! directory has no `default.toml`/`tiers.toml`, copies compiled into the
 //! binary are used, so the binary runs from any directory.
 
@@ -182,6 +182,28 @@ mod tests {
             !format!("{s:?}").contains("s3cret"),
             "secrets are redacted in Debug"
         );
+    }
+
+    #[test]
+    fn usage_factors_are_exact_decimals() {
+        let (_dir, opts) = options(
+            &[
+                ("DYNABASE__USAGE__ENABLED", "false"),
+                ("DYNABASE__USAGE__FACTORS__UPDATE__COMPLEXITY", "1.4"),
+            ],
+            &[],
+        );
+        let s = load(&opts).expect("valid");
+        let dec = |v: &str| v.parse::<rust_decimal::Decimal>().unwrap();
+        assert_eq!(s.usage.factors.insert.complexity, dec("1.2"));
+        assert_eq!(s.usage.factors.update.complexity, dec("1.4"));
+        assert!(!s.usage.enabled);
+        let (_dir, bad) = options(&[("DYNABASE__USAGE__FACTORS__DDL__PARALLELISM", "0")], &[]);
+        let Err(SettingsError::Invalid(problems)) = load(&bad) else {
+            panic!("must be invalid")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["usage.factors.ddl.parallelism"]);
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub struct NotificationSettings {
 
 #[derive(Debug, Clone)]
 pub struct UsageSettings {
+    pub enabled: bool,
     pub flush_interval: Duration,
+    pub max_pending_records: usize,
+    pub retry_max_backoff: Duration,
+    pub warning_check_interval: Duration,
     pub factors: UsageFactors,
 }

@@ -109,7 +109,11 @@ pub struct RawNotifications {
 
 #[derive(Debug, Deserialize)]
 pub struct RawUsage {
+    pub enabled: bool,
     pub flush_interval: String,
+    pub max_pending_records: i64,
+    pub retry_max_backoff: String,
+    pub warning_check_interval: String,
     pub factors: BTreeMap<String, RawFactor>,
 }
 

@@ -94,24 +94,30 @@ impl Checker {
         let Some(raw) = raw else {
             self.fail(key, "missing usage factor");
             return UsageFactor {
-                complexity: 1.0,
-                parallelism: 1.0,
+                complexity: Decimal::ONE,
+                parallelism: Decimal::ONE,
             };
         };
-        for (name, v) in [
-            ("complexity", raw.complexity),
-            ("parallelism", raw.parallelism),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                self.fail(
-                    format!("{key}.{name}"),
-                    format!("must be a positive number, got {v}"),
-                );
-            }
-        }
         UsageFactor {
-            complexity: raw.complexity,
-            parallelism: raw.parallelism,
+            complexity: self.factor_value(&format!("{key}.complexity"), raw.complexity),
+            parallelism: self.factor_value(&format!("{key}.parallelism"), raw.parallelism),
+        }
+    }
+
+    /// A TOML number as the exact decimal it was written as: Rust prints an
+    /// `f64` as the shortest decimal that reads back as the same value, so
+    /// `1.2` becomes 1.2, not 1.1999999999999999555910790149937.
+    fn factor_value(&mut self, key: &str, v: f64) -> Decimal {
+        let parsed = Decimal::from_str(&v.to_string()).ok();
+        match parsed {
+            Some(d) if v.is_finite() && v > 0.0 && !d.is_zero() => d,
+            _ => {
+                self.fail(
+                    key,
+                    format!("must be a positive number with at most 28 digits, got {v}"),
+                );
+                Decimal::ONE
+            }
         }
     }
 
@@ -335,7 +341,19 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         },
         notifications: notifications(&mut c, &raw.notifications),
         usage: UsageSettings {
+            enabled: raw.usage.enabled,
             flush_interval: c.positive_duration("usage.flush_interval", &raw.usage.flush_interval),
+            max_pending_records: c.count(
+                "usage.max_pending_records",
+                raw.usage.max_pending_records,
+                1,
+            ) as usize,
+            retry_max_backoff: c
+                .positive_duration("usage.retry_max_backoff", &raw.usage.retry_max_backoff),
+            warning_check_interval: c.duration(
+                "usage.warning_check_interval",
+                &raw.usage.warning_check_interval,
+            ),
             factors,
         },
         catalog,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::tier::Tier;
+use super::{cycle::StatementKind, tier::Tier};
 
 /// PostgreSQL settings applied to every session of a tier, as PostgreSQL spells
 /// them (`"30s"`, `"4MB"`), so they can be sent in a StartupMessage unchanged.
@@ -71,15 +71,24 @@ impl TierCatalog {
     }
 }
 
-/// Multipliers applied to a query's duration to estimate vCPU use.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Multipliers applied to a query's duration to estimate vCPU use; exact
+/// decimals so that usage (and the money computed from it) never goes
+/// through floating point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageFactor {
-    pub complexity: f64,
-    pub parallelism: f64,
+    pub complexity: Decimal,
+    pub parallelism: Decimal,
+}
+
+impl UsageFactor {
+    /// complexity × parallelism: what one hour of duration costs in vCPU-hours.
+    pub fn vcpu_per_hour(&self) -> Decimal {
+        self.complexity * self.parallelism
+    }
 }
 
 /// Usage factors per statement kind.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageFactors {
     pub select: UsageFactor,
     pub insert: UsageFactor,
@@ -87,6 +96,19 @@ pub struct UsageFactors {
     pub delete: UsageFactor,
     pub ddl: UsageFactor,
     pub other: UsageFactor,
+}
+
+impl UsageFactors {
+    pub fn for_kind(&self, kind: StatementKind) -> UsageFactor {
+        match kind {
+            StatementKind::Select => self.select,
+            StatementKind::Insert => self.insert,
+            StatementKind::Update => self.update,
+            StatementKind::Delete => self.delete,
+            StatementKind::Ddl => self.ddl,
+            StatementKind::Other => self.other,
+        }
+    }
 }
 
 /// Lifecycle timings that are configuration, not code.

@@ -28,6 +28,11 @@ impl StatementKind {
         StatementKind::Other,
     ];
 
+    /// Position in [`Self::ALL`], for per-kind arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StatementKind::Select => "select",

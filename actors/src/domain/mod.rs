@@ -1,6 +1,7 @@
 //! Domain types shared by the actors, the store port and the adapters.
 
 pub mod billing;
+pub mod calendar;
 pub mod catalog;
 pub mod cycle;
 pub mod jobs;
@@ -9,3 +10,5 @@ pub mod organization;
 pub mod records;
 pub mod tier;
 pub mod time;
+pub mod usage;
+pub mod usage_report;

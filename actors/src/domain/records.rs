@@ -80,6 +80,22 @@ pub struct UsageRecord {
     pub gb_hours: Decimal,
 }
 
+/// An operator's credit (negative) or debit (positive) of vCPU-hours for one
+/// org and period; added to measured usage wherever usage is read. The record
+/// is its own audit entry: who, when and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageAdjustment {
+    /// Idempotency key: a retried request is recorded once.
+    pub key: String,
+    pub org: OrgId,
+    pub period: Period,
+    pub vcpu_hours: Decimal,
+    pub reason: String,
+    /// Who made it (`admin`).
+    pub by: String,
+    pub created_at: UnixMillis,
+}
+
 /// A Stripe (or other) webhook event that has been accepted once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessedEvent {

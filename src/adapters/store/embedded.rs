@@ -12,6 +12,7 @@
 //! | index                    | key                                          |
 //! |--------------------------|----------------------------------------------|
 //! | `usage_by_org_period`    | `<org>/<period>/<window_start>/<usage key>`  |
+//! | `adjustments_by_org_period` | `<org>/<period>/<created_at>/<seq>`       |
 //! | `invoices_by_org`        | `<org>/<created_at>/<seq>`                   |
 //! | `notifications_by_org`   | `<org>/<created_at>/<seq>`                   |
 //! | `tier_changes` (primary) | `<org>/<at>/<seq>`                           |
@@ -20,6 +21,8 @@
 //! and `<seq>` is a counter kept in the `meta` table that breaks ties in
 //! insertion order. An `OrgId` never contains `/`, so `<org>/` is an exact
 //! prefix.
+//!
+//! The usage batch write and the API token table are in `embedded_usage.rs`.
 //!
 //! redb is synchronous; every call runs on the blocking pool via
 //! [`tokio::task::spawn_blocking`] so it never stalls the async runtime.
@@ -38,7 +41,7 @@ use dynabase_actors::{
         jobs::{Job, JobKind},
         records::{
             CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageRecord, Write,
+            UsageAdjustment, UsageRecord, Write,
         },
     },
     OrgId, Organization, Store, StoreError, UnixMillis,
@@ -46,17 +49,23 @@ use dynabase_actors::{
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::embedded_usage as usage;
+
 /// File name inside the data directory.
 pub const FILE_NAME: &str = "dynabase.redb";
 
 /// Primary tables: key → JSON document.
-type DocTable = TableDefinition<'static, &'static str, &'static [u8]>;
+pub(super) type DocTable = TableDefinition<'static, &'static str, &'static [u8]>;
 /// Index tables: sortable key → primary key.
-type IndexTable = TableDefinition<'static, &'static str, &'static str>;
+pub(super) type IndexTable = TableDefinition<'static, &'static str, &'static str>;
 
-const ORGS: DocTable = TableDefinition::new("organizations");
-const USAGE: DocTable = TableDefinition::new("usage");
-const USAGE_BY_ORG_PERIOD: IndexTable = TableDefinition::new("usage_by_org_period");
+pub(super) const ORGS: DocTable = TableDefinition::new("organizations");
+pub(super) const USAGE: DocTable = TableDefinition::new("usage");
+pub(super) const USAGE_BY_ORG_PERIOD: IndexTable = TableDefinition::new("usage_by_org_period");
+const ADJUSTMENTS: DocTable = TableDefinition::new("usage_adjustments");
+const ADJUSTMENTS_BY_ORG_PERIOD: IndexTable = TableDefinition::new("adjustments_by_org_period");
+/// Org id → SHA-256 hash (hex) of its API token.
+pub(super) const API_TOKENS: IndexTable = TableDefinition::new("api_tokens");
 const EVENTS: DocTable = TableDefinition::new("webhook_events");
 const INVOICES: DocTable = TableDefinition::new("invoices");
 const INVOICES_BY_ORG: IndexTable = TableDefinition::new("invoices_by_org");
@@ -157,6 +166,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     for table in [
         ORGS,
         USAGE,
+        ADJUSTMENTS,
         EVENTS,
         INVOICES,
         CALIBRATIONS,
@@ -169,6 +179,8 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     }
     for index in [
         USAGE_BY_ORG_PERIOD,
+        ADJUSTMENTS_BY_ORG_PERIOD,
+        API_TOKENS,
         INVOICES_BY_ORG,
         NOTIFICATIONS_BY_ORG,
         lifecycle::JOBS_DUE,
@@ -181,11 +193,11 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
 }
 
 /// Any redb failure means the store cannot serve right now.
-fn unavailable(e: impl Into<redb::Error>) -> StoreError {
+pub(super) fn unavailable(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {}", e.into()))
 }
 
-fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+pub(super) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     // Domain types always serialize; a failure here would be a programming
     // error, reported rather than panicking.
     serde_json::to_vec(value)
@@ -204,7 +216,7 @@ fn decode<T: DeserializeOwned>(table: &DocTable, key: &str, bytes: &[u8]) -> Res
 /// Encodes an instant so that string order is time order, negatives included:
 /// flipping the sign bit maps `i64` order onto `u64` order, and 20 digits fit
 /// `u64::MAX`.
-fn sortable_millis(ms: i64) -> String {
+pub(super) fn sortable_millis(ms: i64) -> String {
     // Reinterpreting the bits is intended; see above.
     format!("{:020}", (ms as u64) ^ (1 << 63))
 }
@@ -229,7 +241,7 @@ fn next_seq(txn: &WriteTransaction) -> Result<u64, StoreError> {
 }
 
 /// How the index entry of a keyed write is named.
-enum IndexKey {
+pub(super) enum IndexKey {
     /// Used as is; already unique.
     Exact(String),
     /// Gets `/<seq>` appended, to keep insertion order among equal prefixes.
@@ -246,6 +258,22 @@ fn insert_if_absent(
     index: Option<(IndexTable, IndexKey)>,
 ) -> Result<Write, StoreError> {
     let txn = db.begin_write().map_err(unavailable)?;
+    let write = insert_in(&txn, table, key, value, index)?;
+    match write {
+        Write::Applied => txn.commit().map_err(unavailable)?,
+        Write::AlreadyApplied => txn.abort().map_err(unavailable)?,
+    }
+    Ok(write)
+}
+
+/// The body of [`insert_if_absent`] inside a caller's transaction.
+pub(super) fn insert_in(
+    txn: &WriteTransaction,
+    table: DocTable,
+    key: &str,
+    value: &[u8],
+    index: Option<(IndexTable, IndexKey)>,
+) -> Result<Write, StoreError> {
     let exists = {
         let mut docs = txn.open_table(table).map_err(unavailable)?;
         let exists = docs.get(key).map_err(unavailable)?.is_some();
@@ -255,18 +283,16 @@ fn insert_if_absent(
         exists
     };
     if exists {
-        txn.abort().map_err(unavailable)?;
         return Ok(Write::AlreadyApplied);
     }
     if let Some((index, index_key)) = index {
         let index_key = match index_key {
             IndexKey::Exact(k) => k,
-            IndexKey::Sequenced(prefix) => format!("{prefix}/{:020}", next_seq(&txn)?),
+            IndexKey::Sequenced(prefix) => format!("{prefix}/{:020}", next_seq(txn)?),
         };
         let mut idx = txn.open_table(index).map_err(unavailable)?;
         idx.insert(index_key.as_str(), key).map_err(unavailable)?;
     }
-    txn.commit().map_err(unavailable)?;
     Ok(Write::Applied)
 }
 
@@ -402,25 +428,54 @@ impl Store for EmbeddedStore {
     }
 
     async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError> {
-        let bytes = encode("usage record", record)?;
-        let key = record.key.clone();
-        let index_key = format!(
-            "{}/{}/{}/{}",
-            record.org,
-            record.period,
-            sortable_millis(record.window_start.0),
-            record.key
-        );
+        let entries = vec![usage::usage_entry(record)?];
+        let writes = self.run(move |db| usage::insert_usage(db, entries)).await?;
+        Ok(writes.first().copied().unwrap_or(Write::Applied))
+    }
+
+    async fn record_usage_batch(&self, records: &[UsageRecord]) -> Result<Vec<Write>, StoreError> {
+        let entries = records
+            .iter()
+            .map(usage::usage_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.run(move |db| usage::insert_usage(db, entries)).await
+    }
+
+    async fn add_usage_adjustment(&self, a: &UsageAdjustment) -> Result<Write, StoreError> {
+        let bytes = encode("usage adjustment", a)?;
+        let key = a.key.clone();
+        let prefix = format!("{}/{}/{}", a.org, a.period, sortable_millis(a.created_at.0));
         self.run(move |db| {
             insert_if_absent(
                 db,
-                USAGE,
+                ADJUSTMENTS,
                 &key,
                 &bytes,
-                Some((USAGE_BY_ORG_PERIOD, IndexKey::Exact(index_key))),
+                Some((ADJUSTMENTS_BY_ORG_PERIOD, IndexKey::Sequenced(prefix))),
             )
         })
         .await
+    }
+
+    async fn usage_adjustments(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError> {
+        let prefix = format!("{org}/{period}");
+        self.run(move |db| docs_by_index(db, ADJUSTMENTS_BY_ORG_PERIOD, ADJUSTMENTS, &prefix))
+            .await
+    }
+
+    async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError> {
+        let (org, hash) = (org.clone(), hash.to_owned());
+        self.run(move |db| usage::set_token_hash(db, org, &hash))
+            .await
+    }
+
+    async fn api_token_hash(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
+        let org = org.clone();
+        self.run(move |db| usage::token_hash(db, &org)).await
     }
 
     async fn usage_for_period(

@@ -10,7 +10,9 @@
 //! and lists come back in a fixed order.
 
 pub mod embedded;
+mod embedded_usage;
 pub mod mongo;
+mod mongo_usage;
 
 pub use embedded::{EmbeddedStore, EmbeddedStoreError};
 pub use mongo::{MongoStore, MongoStoreError};

@@ -29,7 +29,7 @@ use dynabase_actors::{
         jobs::{Job, JobKind},
         records::{
             CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageRecord, Write,
+            UsageAdjustment, UsageRecord, Write,
         },
     },
     OrgId, Organization, Store, StoreError, Tier, UnixMillis,
@@ -45,14 +45,15 @@ use org_doc::OrgDoc;
 use rust_decimal::Decimal;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::mongo_usage::UsageCollections;
+
 /// How long to wait for a server before calling the store unavailable.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server's code for a unique-index violation.
-const DUPLICATE_KEY: i32 = 11000;
+pub(super) const DUPLICATE_KEY: i32 = 11000;
 
 const ORGANIZATIONS: &str = "organizations";
-const TENANT_USAGE: &str = "tenantUsage";
 const WEBHOOK_EVENTS: &str = "webhookEvents";
 const INVOICES: &str = "invoices";
 const CALIBRATIONS: &str = "calibrations";
@@ -77,55 +78,6 @@ pub enum MongoStoreError {
 }
 
 // ----- documents ------------------------------------------------------------
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UsageDoc {
-    #[serde(rename = "_id")]
-    key: String,
-    org: OrgId,
-    database: String,
-    period: Period,
-    window_start: i64,
-    // BSON has no unsigned integers; the driver stores these as Int64 and
-    // refuses values above `i64::MAX` rather than wrapping.
-    query_cycles: u64,
-    duration_us: u64,
-    vcpu_hours: Decimal,
-    gb_hours: Decimal,
-}
-
-impl From<&UsageRecord> for UsageDoc {
-    fn from(r: &UsageRecord) -> Self {
-        Self {
-            key: r.key.clone(),
-            org: r.org.clone(),
-            database: r.database.clone(),
-            period: r.period.clone(),
-            window_start: r.window_start.0,
-            query_cycles: r.query_cycles,
-            duration_us: r.duration_us,
-            vcpu_hours: r.vcpu_hours,
-            gb_hours: r.gb_hours,
-        }
-    }
-}
-
-impl From<UsageDoc> for UsageRecord {
-    fn from(d: UsageDoc) -> Self {
-        Self {
-            key: d.key,
-            org: d.org,
-            database: d.database,
-            period: d.period,
-            window_start: UnixMillis(d.window_start),
-            query_cycles: d.query_cycles,
-            duration_us: d.duration_us,
-            vcpu_hours: d.vcpu_hours,
-            gb_hours: d.gb_hours,
-        }
-    }
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -319,7 +271,7 @@ fn is_duplicate_key(e: &DriverError) -> bool {
 /// Maps a driver error onto the port: unreadable documents are `Corrupt`,
 /// everything else (network, server selection, server errors) means the store
 /// cannot serve the request right now.
-fn store_error(e: DriverError) -> StoreError {
+pub(super) fn store_error(e: DriverError) -> StoreError {
     match &*e.kind {
         ErrorKind::BsonDeserialization(_) => StoreError::Corrupt(format!("mongodb: {e}")),
         _ => StoreError::Unavailable(format!("mongodb: {e}")),
@@ -327,7 +279,7 @@ fn store_error(e: DriverError) -> StoreError {
 }
 
 /// Inserts a keyed document; a duplicate `_id` means it was written before.
-async fn insert_keyed<T>(coll: &Collection<T>, doc: &T) -> Result<Write, StoreError>
+pub(super) async fn insert_keyed<T>(coll: &Collection<T>, doc: &T) -> Result<Write, StoreError>
 where
     T: Serialize + Send + Sync,
 {
@@ -339,7 +291,7 @@ where
 }
 
 /// Runs a filtered, sorted `find` and converts every document.
-async fn find_sorted<T, R>(
+pub(super) async fn find_sorted<T, R>(
     coll: &Collection<T>,
     filter: Document,
     sort: Document,
@@ -359,7 +311,7 @@ where
 pub struct MongoStore {
     db: Database,
     orgs: Collection<OrgDoc>,
-    usage: Collection<UsageDoc>,
+    usage: UsageCollections,
     events: Collection<EventDoc>,
     invoices: Collection<InvoiceDoc>,
     calibrations: Collection<CalibrationDoc>,
@@ -389,7 +341,7 @@ impl MongoStore {
 
         let store = Self {
             orgs: db.collection(ORGANIZATIONS),
-            usage: db.collection(TENANT_USAGE),
+            usage: UsageCollections::new(&db),
             events: db.collection(WEBHOOK_EVENTS),
             invoices: db.collection(INVOICES),
             calibrations: db.collection(CALIBRATIONS),
@@ -415,9 +367,9 @@ impl MongoStore {
         let wrap =
             |collection: &'static str| move |source| MongoStoreError::Index { collection, source };
         self.usage
-            .create_indexes([index(doc! { "org": 1, "period": 1 })])
+            .ensure_indexes()
             .await
-            .map_err(wrap(TENANT_USAGE))?;
+            .map_err(|(collection, source)| MongoStoreError::Index { collection, source })?;
         self.invoices
             .create_indexes([index(doc! { "org": 1 })])
             .await
@@ -477,7 +429,11 @@ impl Store for MongoStore {
     }
 
     async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError> {
-        insert_keyed(&self.usage, &UsageDoc::from(record)).await
+        self.usage.record(record).await
+    }
+
+    async fn record_usage_batch(&self, records: &[UsageRecord]) -> Result<Vec<Write>, StoreError> {
+        self.usage.record_batch(records).await
     }
 
     async fn usage_for_period(
@@ -485,12 +441,30 @@ impl Store for MongoStore {
         org: &OrgId,
         period: &Period,
     ) -> Result<Vec<UsageRecord>, StoreError> {
-        find_sorted(
-            &self.usage,
-            doc! { "org": org.as_str(), "period": period.as_str() },
-            doc! { "windowStart": 1, "_id": 1 },
-        )
-        .await
+        self.usage.for_period(org, period).await
+    }
+
+    async fn add_usage_adjustment(&self, a: &UsageAdjustment) -> Result<Write, StoreError> {
+        self.usage.add_adjustment(a).await
+    }
+
+    async fn usage_adjustments(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError> {
+        self.usage.adjustments(org, period).await
+    }
+
+    async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError> {
+        if self.get_org(org).await?.is_none() {
+            return Err(StoreError::NotFound(org.clone()));
+        }
+        self.usage.set_token_hash(org, hash).await
+    }
+
+    async fn api_token_hash(&self, org: &OrgId) -> Result<Option<String>, StoreError> {
+        self.usage.token_hash(org).await
     }
 
     async fn mark_event_processed(&self, event: &ProcessedEvent) -> Result<Write, StoreError> {

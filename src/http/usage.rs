@@ -1,0 +1,261 @@
+//! Usage routes:
+//!
+//! - `GET /admin/orgs/{id}/usage?period=YYYY-MM` — an org's usage report;
+//! - `POST /admin/orgs/{id}/usage/adjustments` — credit or debit vCPU-hours
+//!   with a reason (the record is the audit entry);
+//! - `POST /admin/orgs/{id}/api-token` — issue or rotate the org's API token
+//!   (shown once, stored hashed);
+//! - `GET /v1/usage?period=YYYY-MM` — the customer's own report, with that
+//!   token.
+//!
+//! The report itself is [`UsageReport`], built from the stored records.
+
+use std::str::FromStr;
+
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use dynabase_actors::{
+    domain::{
+        records::{Period, UsageAdjustment, Write},
+        usage_report::{ReportInput, UsageReport},
+    },
+    usage_accumulator::UsageChanged,
+    OrgId, UnixMillis,
+};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    api_token,
+    auth::AdminAuth,
+    error::{ApiError, FieldError},
+    orgs::org_id,
+    HttpState,
+};
+
+#[derive(Debug, Deserialize)]
+pub struct PeriodQuery {
+    period: Option<String>,
+}
+
+fn not_found(org: &str) -> ApiError {
+    ApiError::NotFound(format!("organization `{org}` not found"))
+}
+
+/// The requested period, or the current one.
+fn period(raw: Option<&str>, now: UnixMillis) -> Result<Period, ApiError> {
+    match raw {
+        None => Ok(Period::containing(now)),
+        Some(p) => Period::parse(p)
+            .map_err(|e| ApiError::InvalidFields(vec![FieldError::new("period", e.to_string())])),
+    }
+}
+
+async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<UsageReport, ApiError> {
+    let organization = state
+        .store
+        .get_org(org)
+        .await?
+        .ok_or_else(|| not_found(org.as_str()))?;
+    let records = state.store.usage_for_period(org, &period).await?;
+    let adjustments = state.store.usage_adjustments(org, &period).await?;
+    Ok(UsageReport::build(ReportInput {
+        org,
+        limits: state.catalog.get(organization.tier),
+        period: &period,
+        records: &records,
+        adjustments,
+        now: UnixMillis::now(),
+    }))
+}
+
+#[get("/admin/orgs/{id}/usage")]
+pub async fn admin_report(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    query: web::Query<PeriodQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let org = org_id(&path)?;
+    let period = period(query.period.as_deref(), UnixMillis::now())?;
+    Ok(HttpResponse::Ok().json(report(&state, &org, period).await?))
+}
+
+#[get("/v1/usage")]
+pub async fn customer_report(
+    req: HttpRequest,
+    state: web::Data<HttpState>,
+    query: web::Query<PeriodQuery>,
+) -> Result<HttpResponse, ApiError> {
+    // The token decides the org; nothing in the request can name another.
+    let org = api_token::authenticate(&req, state.store.as_ref()).await?;
+    let period = period(query.period.as_deref(), UnixMillis::now())?;
+    Ok(HttpResponse::Ok().json(report(&state, &org, period).await?))
+}
+
+#[post("/admin/orgs/{id}/api-token")]
+pub async fn issue_token(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let org = org_id(&path)?;
+    let token = api_token::generate(&org).map_err(|e| {
+        tracing::error!(error = %e, "cannot generate an API token");
+        ApiError::Unavailable("the random number generator")
+    })?;
+    state
+        .store
+        .set_api_token_hash(&org, &api_token::hash(&token))
+        .await?;
+    tracing::info!(target: "audit", org = %org, "API token issued (any previous one revoked)");
+    Ok(HttpResponse::Created().json(json!({
+        "org": org,
+        "token": token,
+        "note": "shown once; issuing a new token revokes this one",
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdjustmentBody {
+    vcpu_hours: serde_json::Value,
+    reason: serde_json::Value,
+    period: Option<String>,
+    key: Option<String>,
+}
+
+fn parse_adjustment(
+    body: &[u8],
+    org: &OrgId,
+    now: UnixMillis,
+) -> Result<UsageAdjustment, ApiError> {
+    let body: AdjustmentBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
+    let mut errors = Vec::new();
+    let vcpu_hours = match body.vcpu_hours.as_str().map(Decimal::from_str) {
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        _ => {
+            errors.push(FieldError::new(
+                "vcpu_hours",
+                "must be a non-zero decimal string, e.g. \"-1.5\" (credit) or \"2\" (debit)",
+            ));
+            None
+        }
+    };
+    let reason = match body.reason.as_str().map(str::trim) {
+        Some(r) if !r.is_empty() => Some(r.to_owned()),
+        _ => {
+            errors.push(FieldError::new("reason", "must be a non-empty string"));
+            None
+        }
+    };
+    let period = match period(body.period.as_deref(), now) {
+        Ok(p) => Some(p),
+        Err(_) => {
+            errors.push(FieldError::new("period", "must be YYYY-MM"));
+            None
+        }
+    };
+    let key = match body.key {
+        Some(k) if k.trim().is_empty() || k.len() > 200 => {
+            errors.push(FieldError::new("key", "must be 1 to 200 characters"));
+            None
+        }
+        Some(k) => Some(k),
+        None => api_token::generate(org).ok().map(|t| api_token::hash(&t)),
+    };
+    match (vcpu_hours, reason, period, key) {
+        (Some(vcpu_hours), Some(reason), Some(period), Some(key)) if errors.is_empty() => {
+            Ok(UsageAdjustment {
+                key: format!("{org}:{key}"),
+                org: org.clone(),
+                period,
+                vcpu_hours,
+                reason,
+                by: "admin".to_owned(),
+                created_at: now,
+            })
+        }
+        _ => Err(ApiError::InvalidFields(errors)),
+    }
+}
+
+#[post("/admin/orgs/{id}/usage/adjustments")]
+pub async fn adjust(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let org = org_id(&path)?;
+    let adjustment = parse_adjustment(&body, &org, UnixMillis::now())?;
+    if state.store.get_org(&org).await?.is_none() {
+        return Err(not_found(org.as_str()));
+    }
+    match state.store.add_usage_adjustment(&adjustment).await? {
+        Write::Applied => {
+            tracing::info!(
+                target: "audit",
+                org = %org,
+                period = %adjustment.period,
+                vcpu_hours = %adjustment.vcpu_hours,
+                reason = %adjustment.reason,
+                by = %adjustment.by,
+                "usage adjustment"
+            );
+            metrics::counter!("dynabase_usage_adjustments_total").increment(1);
+            // The new total may cross a warning threshold.
+            state.actors.usage.do_send(UsageChanged {
+                org: org.clone(),
+                period: adjustment.period.clone(),
+            });
+            Ok(HttpResponse::Created().json(adjustment))
+        }
+        // A retried request with the same key.
+        Write::AlreadyApplied => Ok(HttpResponse::Ok().json(json!({
+            "key": adjustment.key,
+            "status": "already_applied",
+        }))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjustments_report_every_bad_field() {
+        let org = OrgId::parse("acme").unwrap();
+        let err = parse_adjustment(
+            br#"{"vcpu_hours": 1.5, "reason": " ", "period": "2026-13"}"#,
+            &org,
+            UnixMillis(0),
+        )
+        .unwrap_err();
+        let ApiError::InvalidFields(fields) = err else {
+            panic!("invalid fields expected")
+        };
+        let names: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(names, ["vcpu_hours", "reason", "period"]);
+        let ok = parse_adjustment(
+            br#"{"vcpu_hours": "-2.5", "reason": "outage credit", "key": "t-1"}"#,
+            &org,
+            UnixMillis(0),
+        )
+        .unwrap();
+        assert_eq!(ok.vcpu_hours, Decimal::from_str("-2.5").unwrap());
+        assert_eq!(
+            (ok.key.as_str(), ok.period.as_str()),
+            ("acme:t-1", "1970-01")
+        );
+        assert!(matches!(
+            parse_adjustment(
+                br#"{"vcpu_hours":"1","reason":"x","extra":1}"#,
+                &org,
+                UnixMillis(0)
+            ),
+            Err(ApiError::MalformedBody(_))
+        ));
+    }
+}
