@@ -225,6 +225,7 @@ pub async fn run(
         metrics,
         redis,
         sessions: sessions.clone(),
+        customer_limits: http::customer_limits::CustomerLimits::new(catalog.clone()),
         catalog,
         lifecycle: LifecycleHttp {
             stripe: (!settings.stripe.webhook_secret.is_empty())

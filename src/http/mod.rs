@@ -41,6 +41,8 @@ pub struct HttpState {
     pub redis: Option<RedisProbe>,
     pub sessions: Arc<SessionTable>,
     pub catalog: Arc<TierCatalog>,
+    /// Per-organization request limits of the customer routes (`/v1`).
+    pub customer_limits: customer_limits::CustomerLimits,
     pub lifecycle: LifecycleHttp,
 }
 

@@ -89,6 +89,13 @@ pub async fn customer_report(
 ) -> Result<HttpResponse, ApiError> {
     // The token decides the org; nothing in the request can name another.
     let org = api_token::authenticate(&req, state.store.as_ref()).await?;
+    let tier = state
+        .store
+        .get_org(&org)
+        .await?
+        .ok_or(ApiError::Unauthorized)?
+        .tier;
+    state.customer_limits.check(&org, tier)?;
     let period = period(query.period.as_deref(), UnixMillis::now())?;
     Ok(HttpResponse::Ok().json(report(&state, &org, period).await?))
 }
