@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Throughput and added latency of the Dynabase PostgreSQL proxy against
+# PgBouncer (session mode) and against PostgreSQL directly, with pgbench -S.
+#
+#   load-tests/proxy_vs_pgbouncer.sh
+#
+# Environment:
+#   DURATION   seconds per pgbench run            (default 10)
+#   ROUNDS     runs per target per point; median  (default 3)
+#   MODES      pgbench query modes                (default "simple prepared")
+#   CLIENTS    client counts                      (default "1 8 32")
+#   SCALE      pgbench scale of database `bench`  (default 10)
+#   WARMUP     seconds of unrecorded warm-up per target, 0 = none (default 5)
+#   QUIET_PCT  a round counts only if, in each of its three runs, other
+#              processes used at most this % of the machine's CPU (default 10;
+#              100 = count every round)
+#   MAX_ROUNDS stop adding rounds to a point after this many   (default 2×ROUNDS)
+#   QUIET_WAIT before each run, wait up to this many seconds for the machine
+#              to be quiet (≤ QUIET_PCT % busy)                  (default 20)
+#   WRITE_RESULTS  1 = replace the section in load-tests/RESULTS.md (default 1)
+#
+# Needs: scripts/services.sh start (PostgreSQL on 127.0.0.1:5432 with the
+# roles postgres/postgres and trust_user), pgbench, psql, /usr/sbin/pgbouncer,
+# target/release/dynabase. Everything it starts (PgBouncer, dynabase) lives in
+# a temporary directory and is stopped on exit.
+#
+# Each measurement point (mode, clients) runs direct → pgbouncer → proxy, and
+# that set (a round) is repeated ROUNDS times, so slow drifts in machine load
+# hit the three targets alike. The table shows the median of the rounds.
+#
+# On a shared machine someone else's build can halve TPS for a run. Each run
+# therefore records "foreign CPU": the machine's busy CPU time (incl. steal)
+# minus what pgbench, PostgreSQL (postmaster and its backends, including ones
+# that exited) and the target used, as a share of all CPUs over the run.
+# Rounds where a run saw more than QUIET_PCT % are listed but not used, and
+# more rounds are run (up to MAX_ROUNDS) to get ROUNDS clean ones. On a quiet
+# machine this is exactly ROUNDS rounds.
+set -euo pipefail
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
+MODES="${MODES:-simple prepared}"
+CLIENTS="${CLIENTS:-1 8 32}"
+SCALE="${SCALE:-10}"
+WARMUP="${WARMUP:-5}"
+WRITE_RESULTS="${WRITE_RESULTS:-1}"
+QUIET_PCT="${QUIET_PCT:-10}"
+QUIET_WAIT="${QUIET_WAIT:-20}"
+MAX_ROUNDS="${MAX_ROUNDS:-$((2 * ROUNDS))}"
+
+PG_HOST=127.0.0.1
+PG_PORT="${DYNABASE_TEST_PG_PORT:-5432}"
+ROLE="${DYNABASE_TEST_PG_TRUST_USER:-trust_user}"
+DB=bench
+ORG=bench
+# The same wire for all three targets: no TLS anywhere.
+export PGSSLMODE=disable
+unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
+
+for tool in pgbench psql /usr/sbin/pgbouncer python3 curl; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+done
+port_open "$PG_HOST" "$PG_PORT" || die "no PostgreSQL on $PG_HOST:$PG_PORT (scripts/services.sh start)"
+
+WORK="$(mktemp -d /tmp/proxy-vs-pgbouncer.XXXXXX)"
+chmod 755 "$WORK"
+PGB_PID=""
+PROXY_PID=""
+cleanup() {
+    local rc=$?
+    stop_pid "$PROXY_PID" 25
+    stop_pid "$PGB_PID" 5
+    if [[ $rc -ne 0 ]]; then
+        log "failed (exit $rc); logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ensure_bench_db "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" "$SCALE"
+start_pgbouncer "$WORK/pgbouncer" "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" 1000 100
+
+# --- dynabase proxy --------------------------------------------------------------
+start_proxy "$WORK/dynabase"
+create_org "$ORG" enterprise "$PG_HOST:$PG_PORT"
+
+# target -> "host port user"
+target_conn() {
+    case "$1" in
+        direct) echo "$PG_HOST $PG_PORT $ROLE" ;;
+        pgbouncer) echo "127.0.0.1 $PGB_PORT $ROLE" ;;
+        proxy) echo "127.0.0.1 $PROXY_PORT $ROLE.$ORG" ;;
+    esac
+}
+
+target_pid() {
+    case "$1" in
+        direct) echo "" ;;
+        pgbouncer) echo "$PGB_PID" ;;
+        proxy) echo "$PROXY_PID" ;;
+    esac
+}
+
+PG_PM_PID="$(listener_pid "$PG_PORT")"
+[[ -n "$PG_PM_PID" ]] || log "cannot find the postmaster's pid; foreign CPU is not measured"
+NCPU="$(nproc)"
+HZ="$(getconf CLK_TCK)"
+
+# run_pgbench TARGET MODE CLIENTS SECONDS OUTFILE -> sets FOREIGN_PCT
+run_pgbench() {
+    local host port user jobs tpid b0 o0 b1 o1 t0 t1 pgb_user pgb_sys
+    read -r host port user <<<"$(target_conn "$1")"
+    tpid="$(target_pid "$1")"
+    jobs=$(($3 < 2 ? $3 : 2))
+    read -r b0 o0 <<<"$(cpu_ticks "$tpid" -- "$PG_PM_PID")"
+    t0="$(date +%s.%N)"
+    # -n: no VACUUM before each run (pgbench -i vacuumed; -S only reads).
+    local TIMEFORMAT='%U %S'
+    { time pgbench -n -S -M "$2" -c "$3" -j "$jobs" -T "$4" -h "$host" -p "$port" -U "$user" "$DB" >"$5" 2>&1; } 2>"$5.time" \
+        || { cat "$5" >&2; die "pgbench against $1 failed"; }
+    sleep 0.2 # backends exit and are reaped
+    t1="$(date +%s.%N)"
+    read -r b1 o1 <<<"$(cpu_ticks "$tpid" -- "$PG_PM_PID")"
+    read -r pgb_user pgb_sys <"$5.time"
+    if [[ -n "$PG_PM_PID" ]]; then
+        FOREIGN_PCT="$(awk -v b="$((b1 - b0))" -v o="$((o1 - o0))" -v u="$pgb_user" -v s="$pgb_sys" \
+            -v hz="$HZ" -v dt="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" -v n="$NCPU" \
+            'BEGIN {f = (b - o - (u + s) * hz) / (dt * hz * n) * 100; if (f < 0) f = 0; printf "%.0f", f}')"
+    else
+        FOREIGN_PCT=0
+    fi
+}
+
+# sanity: each target answers
+for t in direct pgbouncer proxy; do
+    read -r host port user <<<"$(target_conn "$t")"
+    psql -X -At -h "$host" -p "$port" -U "$user" -c 'SELECT count(*) FROM pgbench_branches' "$DB" >/dev/null \
+        || die "cannot query $DB through $t"
+done
+
+MACHINE="$(machine_note "at start")"
+STARTED="$(date -u '+%Y-%m-%d %H:%M UTC')"
+COMMAND="DURATION=$DURATION ROUNDS=$ROUNDS load-tests/proxy_vs_pgbouncer.sh"
+[[ "$MODES" != "simple prepared" ]] && COMMAND="MODES=\"$MODES\" $COMMAND"
+[[ "$CLIENTS" != "1 8 32" ]] && COMMAND="CLIENTS=\"$CLIENTS\" $COMMAND"
+[[ "$SCALE" != 10 ]] && COMMAND="SCALE=$SCALE $COMMAND"
+[[ "$QUIET_PCT" != 10 ]] && COMMAND="QUIET_PCT=$QUIET_PCT $COMMAND"
+[[ "$MAX_ROUNDS" != $((2 * ROUNDS)) ]] && COMMAND="MAX_ROUNDS=$MAX_ROUNDS $COMMAND"
+
+if [[ "$WARMUP" -gt 0 ]]; then
+    log "warm-up: ${WARMUP}s per target (not recorded)"
+    for t in direct pgbouncer proxy; do
+        run_pgbench "$t" simple 8 "$WARMUP" "$WORK/warmup-$t.log"
+        log "warm-up $t: foreign CPU ${FOREIGN_PCT}%"
+    done
+fi
+
+RAW="$WORK/raw.tsv"
+printf 'mode\tclients\ttarget\tround\ttps\tlatency_ms\tforeign_pct\n' >"$RAW"
+npoints=$(($(wc -w <<<"$MODES") * $(wc -w <<<"$CLIENTS")))
+log "$npoints points x 3 targets x $ROUNDS rounds x ${DURATION}s ≈ $((npoints * 3 * ROUNDS * DURATION / 60)) min on a quiet machine"
+for mode in $MODES; do
+    for c in $CLIENTS; do
+        clean=0
+        for ((r = 1; clean < ROUNDS && r <= MAX_ROUNDS; r++)); do
+            worst=0
+            for t in direct pgbouncer proxy; do
+                out="$WORK/run-$mode-$c-$t-$r.log"
+                wait_quiet "$QUIET_PCT" "$QUIET_WAIT" >/dev/null
+                run_pgbench "$t" "$mode" "$c" "$DURATION" "$out"
+                tps="$(sed -nE 's/^tps = ([0-9.]+) \(without initial connection time\).*/\1/p' "$out")"
+                lat="$(sed -nE 's/^latency average = ([0-9.]+) ms.*/\1/p' "$out")"
+                [[ -n "$tps" && -n "$lat" ]] || { cat "$out" >&2; die "cannot parse pgbench output"; }
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$t" "$r" "$tps" "$lat" "$FOREIGN_PCT" >>"$RAW"
+                log "$mode c=$c round $r $t: tps $tps, latency $lat ms, foreign CPU $FOREIGN_PCT%"
+                ((FOREIGN_PCT <= worst)) || worst="$FOREIGN_PCT"
+            done
+            if ((worst <= QUIET_PCT)); then clean=$((clean + 1)); else log "round $r not clean (foreign CPU up to $worst%)"; fi
+        done
+        ((clean >= ROUNDS)) || log "$mode c=$c: only $clean clean round(s) in $MAX_ROUNDS"
+    done
+done
+
+# --- report ---------------------------------------------------------------------------
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+REPORT="$WORK/report.md"
+python3 - "$RAW" "$ROUNDS" "$QUIET_PCT" >"$WORK/tables.md" <<'PY'
+import csv, statistics, sys
+raw, rounds, quiet = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = list(csv.DictReader(open(raw), delimiter="\t"))
+points = []
+runs = {}  # (mode, clients) -> round -> target -> (tps, lat, foreign)
+for r in rows:
+    key = (r["mode"], int(r["clients"]))
+    if key not in runs:
+        points.append(key)
+        runs[key] = {}
+    runs[key].setdefault(int(r["round"]), {})[r["target"]] = (
+        float(r["tps"]), float(r["latency_ms"]), int(r["foreign_pct"]))
+med = statistics.median
+targets = ("direct", "pgbouncer", "proxy")
+out = []
+out.append("| mode | clients | direct TPS | pgbouncer TPS | proxy TPS | proxy/pgbouncer | pgbouncer added latency vs direct (µs) | proxy added latency vs direct (µs) | rounds used |")
+out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+verdicts = []
+for key in points:
+    all_rounds = runs[key]
+    clean = [r for r, d in all_rounds.items() if len(d) == 3 and max(v[2] for v in d.values()) <= quiet]
+    used = clean if clean else sorted(all_rounds)
+    note = f"{len(used)} of {len(all_rounds)}" + ("" if clean else " (none clean: all used)")
+    t = {k: med(all_rounds[r][k][0] for r in used) for k in targets}
+    l = {k: med(all_rounds[r][k][1] for r in used) for k in targets}
+    ratio = t["proxy"] / t["pgbouncer"]
+    add_b = (l["pgbouncer"] - l["direct"]) * 1000
+    add_p = (l["proxy"] - l["direct"]) * 1000
+    out.append(f"| {key[0]} | {key[1]} | {t['direct']:,.0f} | {t['pgbouncer']:,.0f} | {t['proxy']:,.0f} | {ratio:.2f} | {add_b:+.0f} | {add_p:+.0f} | {note} |")
+    verdicts.append(f"- {key[0]}, {key[1]} client(s): proxy TPS ≥ PgBouncer TPS: **{'met' if ratio >= 1 else 'NOT met'}** ({ratio:.2f}×)")
+    if key[1] == 1:
+        verdicts.append(f"- {key[0]}, 1 client: proxy added latency ≤ 35 µs: **{'met' if add_p <= 35 else 'NOT met'}** ({add_p:+.0f} µs)")
+print("\n".join(out))
+print()
+print("Targets:")
+print()
+print("\n".join(verdicts))
+print()
+print("All rounds: TPS per round in run order (each round runs direct → pgbouncer → proxy); in")
+print("brackets the foreign CPU during the run (other processes' share of the machine, incl. steal);")
+print(f"~~struck~~ rounds had a run above {quiet}% and were not used.")
+print()
+print("| mode | clients | round | direct | pgbouncer | proxy |")
+print("|---|---:|---:|---:|---:|---:|")
+for key in points:
+    for r, d in sorted(runs[key].items()):
+        ok = len(d) == 3 and max(v[2] for v in d.values()) <= quiet
+        cell = lambda k: (f"{d[k][0]:,.0f} ({d[k][2]}%)" if k in d else "–")
+        cells = [cell(k) for k in targets]
+        if not ok:
+            cells = [f"~~{c}~~" for c in cells]
+        print(f"| {key[0]} | {key[1]} | {r} | " + " | ".join(cells) + " |")
+PY
+{
+    echo "## Proxy vs PgBouncer vs direct PostgreSQL (pgbench -S)"
+    echo
+    echo "Run $STARTED with \`$COMMAND\`."
+    echo
+    echo "Each run: \`pgbench -n -S -M <mode> -c <clients> -j min(clients,2) -T $DURATION\`, database \`$DB\`"
+    echo "(scale $SCALE), role \`$ROLE\` with trust authentication everywhere (\`$ROLE.$ORG\` through the proxy),"
+    echo "no TLS. PgBouncer $(pgbouncer_version): session mode, default_pool_size 100."
+    echo "Proxy: release build, default configuration (worker_threads = one per core), org tier enterprise."
+    echo "Build: $(build_note)."
+    echo "Median of $ROUNDS interleaved clean rounds per point (foreign CPU ≤ $QUIET_PCT % in each run; see below)."
+    echo "Added latency = (latency average − direct latency average) × 1000,"
+    echo "from pgbench's \`latency average\` (printed with 1 µs resolution)."
+    echo
+    echo "Machine: $MACHINE, at end: $LOAD_END. pgbench, PostgreSQL, PgBouncer and the proxy share these cores, so"
+    echo "absolute numbers are low and a proxy's CPU use shows up directly as lost throughput."
+    echo
+    cat "$WORK/tables.md"
+} >"$REPORT"
+
+cat "$REPORT"
+if [[ "$WRITE_RESULTS" == 1 ]]; then
+    replace_section proxy_vs_pgbouncer "$REPORT"
+    log "section proxy_vs_pgbouncer written to $RESULTS_FILE"
+fi
