@@ -145,8 +145,9 @@ fn serve(mut settings: Settings, dev: bool) -> ExitCode {
             settings.http.admin_token.expose()
         );
         println!(
-            "dynabase: create an organization: curl -X POST http://{http_addr}/admin/orgs -H 'Authorization: Bearer {}' -d '{{\"id\":\"acme\",\"name\":\"Acme\",\"tier\":\"free\",\"upstream\":\"127.0.0.1:5432\"}}'",
-            settings.http.admin_token.expose()
+            "dynabase: create an organization: curl -X POST http://{local}/admin/orgs -H 'Authorization: Bearer {}' -d '{{\"id\":\"acme\",\"name\":\"Acme\",\"tier\":\"free\",\"upstream\":\"127.0.0.1:5432\"}}'",
+            settings.http.admin_token.expose(),
+            local = local_address(&http)
         );
     }
 
@@ -191,6 +192,16 @@ async fn shutdown_signal() {
             tracing::error!("cannot install signal handlers; stopping only on Ctrl-C");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Where a person on this machine reaches `listener` (a wildcard bind
+/// is reachable on loopback).
+fn local_address(listener: &TcpListener) -> String {
+    match listener.local_addr() {
+        Ok(addr) if addr.ip().is_unspecified() => format!("127.0.0.1:{}", addr.port()),
+        Ok(addr) => addr.to_string(),
+        Err(_) => String::new(),
     }
 }
 
