@@ -646,3 +646,59 @@ async fn notifications_reach_the_org_webhook_signed_and_retried() {
     assert_eq!(notes.as_array().map(Vec::len), Some(1));
     assert_eq!(notes[0]["key"], body["id"]);
 }
+
+#[tokio::test]
+async fn usage_warnings_reach_the_org_webhook_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = common::stripe::env();
+    env.push(("DYNABASE__NOTIFICATIONS__RETRY_BASE", "100ms"));
+    let server = Server::start(dir.path(), &env);
+    create_org(&server, "warned", "free", UPSTREAM, None).await;
+    let (url, received) = flaky_receiver().await;
+    let (status, _) = admin_send(
+        &server,
+        Method::PUT,
+        "/admin/orgs/warned/notification-url",
+        json!({ "url": url }),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // FREE includes 5 vCPU-hours: a 5-hour debit crosses 80% and 100%.
+    let (status, body) = admin_send(
+        &server,
+        Method::POST,
+        "/admin/orgs/warned/usage/adjustments",
+        json!({"vcpu_hours": "5", "reason": "test debit"}),
+    )
+    .await;
+    assert!((200..300).contains(&status), "{status}: {body}");
+
+    // Two warnings; the receiver refuses the first request once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let distinct = || {
+        let mut ids: Vec<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, b)| serde_json::from_str::<Value>(b).ok())
+            .filter(|b| b["type"] == "usage_warning")
+            .filter_map(|b| b["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    while distinct().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "warnings not delivered: {:?}",
+            received.lock().unwrap()
+        );
+        tick(&server, now_secs() * 1000).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ids = distinct();
+    assert!(ids.iter().any(|id| id.ends_with(":80")), "{ids:?}");
+    assert!(ids.iter().any(|id| id.ends_with(":100")), "{ids:?}");
+}

@@ -212,7 +212,7 @@ async fn clients_killed_abruptly_free_their_slots() {
 async fn a_client_stalled_in_authentication_holds_its_slot_only_until_the_auth_timeout() {
     let Some(pg) = pg::pg_service() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[("DYNABASE__PROXY__AUTH_TIMEOUT", "2s")]);
+    let server = Server::start(dir.path(), &[("DYNABASE__PROXY__AUTH_TIMEOUT", "5s")]);
     let org = free_org(&server, &pg, "stalled").await;
     let (su, _) = superuser();
 

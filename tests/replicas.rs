@@ -13,6 +13,10 @@ use common::{client, Server, ADMIN_TOKEN};
 use futures_util::future::join_all;
 use tokio_postgres::{error::SqlState, Client, NoTls};
 
+/// These tests start up to three servers each and measure rates: run them one
+/// at a time so they do not starve each other of the machine's CPU.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Services {
     pg: String,
     mongo: String,
@@ -126,6 +130,7 @@ async fn wait_for_replicas(servers: &[Server], n: usize) {
 
 #[tokio::test]
 async fn the_connection_limit_is_exact_across_three_replicas_under_a_storm() {
+    let _serial = SERIAL.lock().await;
     let Some(s) = services() else { return };
     let (servers, _dirs) = replicas(3, &s, &s.redis, &[]);
     wait_for_replicas(&servers, 3).await;
@@ -142,6 +147,7 @@ async fn the_connection_limit_is_exact_across_three_replicas_under_a_storm() {
 
 #[tokio::test]
 async fn query_rates_hold_within_5_percent_across_three_replicas() {
+    let _serial = SERIAL.lock().await;
     let Some(s) = services() else { return };
     let (servers, _dirs) = replicas(3, &s, &s.redis, &[]);
     wait_for_replicas(&servers, 3).await;
@@ -206,6 +212,7 @@ async fn drive(c: Client, window: std::ops::Range<Instant>) -> u32 {
 
 #[tokio::test]
 async fn a_killed_replica_frees_its_slots_within_15_seconds() {
+    let _serial = SERIAL.lock().await;
     let Some(s) = services() else { return };
     let (mut servers, _dirs) = replicas(2, &s, &s.redis, &[("DYNABASE__LIMITS__LEASE_TTL", "10s")]);
     wait_for_replicas(&servers, 2).await;
@@ -315,6 +322,7 @@ async fn degraded(server: &Server) -> bool {
 
 #[tokio::test]
 async fn losing_redis_falls_back_to_local_shares_and_recovers() {
+    let _serial = SERIAL.lock().await;
     let Some(s) = services() else { return };
     let port = free_port();
     let mut redis = OwnRedis::start(port);

@@ -58,8 +58,14 @@ fn embedded(dir: &Path, flush: &str) -> Server {
     Server::start(dir, &[("DYNABASE__USAGE__FLUSH_INTERVAL", flush)])
 }
 
+/// Each test runs servers under load and judges what a kill or an outage
+/// cost within one flush interval: run them one at a time so they do not
+/// starve each other's timers of CPU.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = pg() else { return };
     let dir = tempfile::tempdir().unwrap();
     // A long flush interval: what is written, the shutdown flush writes.
@@ -90,6 +96,7 @@ async fn sigterm_during_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_loses_at_most_one_flush_interval() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = pg() else { return };
     let dir = tempfile::tempdir().unwrap();
     let flush = Duration::from_millis(500);
@@ -213,6 +220,7 @@ impl Drop for Ferret {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongo_outage_during_load_loses_nothing() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = pg() else { return };
     let Some(bin) = Ferret::binary() else { return };
     let mut ferret = Ferret::start(bin);
@@ -252,6 +260,7 @@ async fn mongo_outage_during_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_while_the_store_is_down_keeps_usage_on_disk_until_written() {
+    let _serial = SERIAL.lock().await;
     let Some(pg) = pg() else { return };
     let Some(bin) = Ferret::binary() else { return };
     let mut ferret = Ferret::start(bin);

@@ -43,6 +43,8 @@ pub enum NotificationKind {
     DowngradeCancelled,
     PaymentFailed,
     PaymentRecovered,
+    /// 80% or 100% of the tier's included vCPU-hours used.
+    UsageWarning,
 }
 
 impl NotificationKind {
@@ -53,6 +55,7 @@ impl NotificationKind {
             NotificationKind::DowngradeCancelled => "downgrade_cancelled",
             NotificationKind::PaymentFailed => "payment_failed",
             NotificationKind::PaymentRecovered => "payment_recovered",
+            NotificationKind::UsageWarning => "usage_warning",
         }
     }
 }
@@ -94,6 +97,44 @@ pub struct DeliveryReport {
     pub abandoned: usize,
 }
 
+/// Queues the signed webhook of a notification when the organization has a
+/// notification URL; once per `key` (the job id is derived from it), so
+/// replicas announcing the same notification queue one delivery.
+pub async fn queue_webhook(
+    store: &dyn Store,
+    org: &Organization,
+    kind: NotificationKind,
+    message: &str,
+    key: &str,
+    now: UnixMillis,
+) -> Result<(), NotifierError> {
+    let Some(url) = &org.lifecycle.notification_url else {
+        return Ok(());
+    };
+    let body = serde_json::to_string(&OutboundNotification {
+        id: key.to_owned(),
+        kind,
+        org: org.id.clone(),
+        tier: org.tier,
+        message: message.to_owned(),
+        created_at: now,
+    })?;
+    let payload = serde_json::to_string(&Delivery {
+        url: url.clone(),
+        body,
+    })?;
+    let job = Job::new(
+        format!("notify:{key}"),
+        JobKind::NotificationDelivery,
+        Some(org.id.clone()),
+        payload,
+        now,
+        now,
+    );
+    store.enqueue_job(&job).await?;
+    Ok(())
+}
+
 /// Records notifications and delivers their webhooks.
 #[derive(Clone)]
 pub struct Notifier {
@@ -121,29 +162,7 @@ impl Notifier {
         key: String,
         now: UnixMillis,
     ) -> Result<(), NotifierError> {
-        if let Some(url) = &org.lifecycle.notification_url {
-            let body = serde_json::to_string(&OutboundNotification {
-                id: key.clone(),
-                kind,
-                org: org.id.clone(),
-                tier: org.tier,
-                message: message.clone(),
-                created_at: now,
-            })?;
-            let payload = serde_json::to_string(&Delivery {
-                url: url.clone(),
-                body,
-            })?;
-            let job = Job::new(
-                format!("notify:{key}"),
-                JobKind::NotificationDelivery,
-                Some(org.id.clone()),
-                payload,
-                now,
-                now,
-            );
-            self.store.enqueue_job(&job).await?;
-        }
+        queue_webhook(self.store.as_ref(), org, kind, &message, &key, now).await?;
         self.store
             .add_notification(&Notification {
                 key,

@@ -23,6 +23,7 @@ use crate::{
         time::UnixMillis,
         usage_report::billable_vcpu_hours,
     },
+    lifecycle::notifier::{NotificationKind, NotifierError},
     store::{Store, StoreError},
 };
 
@@ -149,6 +150,21 @@ pub async fn check(
             ),
             created_at: now,
         };
+        // The webhook is queued before the record (both once per key), so a
+        // failure between the two leaves a retry that still delivers it.
+        crate::lifecycle::notifier::queue_webhook(
+            store.as_ref(),
+            &organization,
+            NotificationKind::UsageWarning,
+            &notification.message,
+            &notification.key,
+            now,
+        )
+        .await
+        .map_err(|e| match e {
+            NotifierError::Store(e) => e,
+            NotifierError::Encode(e) => StoreError::Corrupt(e.to_string()),
+        })?;
         if store.add_notification(&notification).await? == Write::Applied {
             outcome.announced.push(threshold);
         }
