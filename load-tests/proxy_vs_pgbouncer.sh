@@ -18,6 +18,10 @@
 #   QUIET_WAIT before each run, wait up to this many seconds for the machine
 #              to be quiet (≤ QUIET_PCT % busy)                  (default 20)
 #   WRITE_RESULTS  1 = replace the section in load-tests/RESULTS.md (default 1)
+#   SECTION    name of that section (default proxy_vs_pgbouncer), to keep
+#              runs of other configurations next to the default one
+#   DYNABASE__PROXY__WORKER_THREADS  passed to the proxy (default: its config,
+#              one thread per core); noted in the report when set
 #
 # Needs: scripts/services.sh start (PostgreSQL on 127.0.0.1:5432 with the
 # roles postgres/postgres and trust_user), pgbench, psql, /usr/sbin/pgbouncer,
@@ -46,6 +50,7 @@ CLIENTS="${CLIENTS:-1 8 32}"
 SCALE="${SCALE:-10}"
 WARMUP="${WARMUP:-5}"
 WRITE_RESULTS="${WRITE_RESULTS:-1}"
+SECTION="${SECTION:-proxy_vs_pgbouncer}"
 QUIET_PCT="${QUIET_PCT:-10}"
 QUIET_WAIT="${QUIET_WAIT:-20}"
 MAX_ROUNDS="${MAX_ROUNDS:-$((2 * ROUNDS))}"
@@ -150,6 +155,12 @@ COMMAND="DURATION=$DURATION ROUNDS=$ROUNDS load-tests/proxy_vs_pgbouncer.sh"
 [[ "$SCALE" != 10 ]] && COMMAND="SCALE=$SCALE $COMMAND"
 [[ "$QUIET_PCT" != 10 ]] && COMMAND="QUIET_PCT=$QUIET_PCT $COMMAND"
 [[ "$MAX_ROUNDS" != $((2 * ROUNDS)) ]] && COMMAND="MAX_ROUNDS=$MAX_ROUNDS $COMMAND"
+PROXY_CONFIG="default configuration (worker_threads = one per core)"
+if [[ -n "${DYNABASE__PROXY__WORKER_THREADS:-}" ]]; then
+    COMMAND="DYNABASE__PROXY__WORKER_THREADS=$DYNABASE__PROXY__WORKER_THREADS $COMMAND"
+    PROXY_CONFIG="default configuration except worker_threads = $DYNABASE__PROXY__WORKER_THREADS"
+fi
+[[ "$SECTION" == proxy_vs_pgbouncer ]] || COMMAND="SECTION=$SECTION $COMMAND"
 
 if [[ "$WARMUP" -gt 0 ]]; then
     log "warm-up: ${WARMUP}s per target (not recorded)"
@@ -243,14 +254,18 @@ for key in points:
         print(f"| {key[0]} | {key[1]} | {r} | " + " | ".join(cells) + " |")
 PY
 {
-    echo "## Proxy vs PgBouncer vs direct PostgreSQL (pgbench -S)"
+    if [[ "$SECTION" == proxy_vs_pgbouncer ]]; then
+        echo "## Proxy vs PgBouncer vs direct PostgreSQL (pgbench -S)"
+    else
+        echo "## Proxy vs PgBouncer vs direct PostgreSQL (pgbench -S): $SECTION"
+    fi
     echo
     echo "Run $STARTED with \`$COMMAND\`."
     echo
     echo "Each run: \`pgbench -n -S -M <mode> -c <clients> -j min(clients,2) -T $DURATION\`, database \`$DB\`"
     echo "(scale $SCALE), role \`$ROLE\` with trust authentication everywhere (\`$ROLE.$ORG\` through the proxy),"
     echo "no TLS. PgBouncer $(pgbouncer_version): session mode, default_pool_size 100."
-    echo "Proxy: release build, default configuration (worker_threads = one per core), org tier enterprise."
+    echo "Proxy: release build, $PROXY_CONFIG, org tier enterprise."
     echo "Build: $(build_note)."
     echo "Median of $ROUNDS interleaved clean rounds per point (foreign CPU ≤ $QUIET_PCT % in each run; see below)."
     echo "Added latency = (latency average − direct latency average) × 1000,"
@@ -264,6 +279,6 @@ PY
 
 cat "$REPORT"
 if [[ "$WRITE_RESULTS" == 1 ]]; then
-    replace_section proxy_vs_pgbouncer "$REPORT"
-    log "section proxy_vs_pgbouncer written to $RESULTS_FILE"
+    replace_section "$SECTION" "$REPORT"
+    log "section $SECTION written to $RESULTS_FILE"
 fi
