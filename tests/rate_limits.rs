@@ -10,19 +10,6 @@ use common::{client, Server, ADMIN_TOKEN};
 use futures_util::future::join_all;
 use tokio_postgres::{error::SqlState, Client, NoTls};
 
-async fn org(server: &Server, id: &str, tier: &str, pg: &str) {
-    let r = client()
-        .post(server.url("/admin/orgs"))
-        .bearer_auth(ADMIN_TOKEN)
-        .body(format!(
-            r#"{{"id":"{id}","name":"{id}","tier":"{tier}","upstream":"{pg}"}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-}
-
 async fn connect(server: &Server, org: &str) -> Client {
     let conninfo = format!(
         "host=127.0.0.1 port={} user=trust_user.{org} dbname=postgres",
@@ -48,7 +35,7 @@ async fn a_free_org_driven_at_50_qps_gets_10_per_second() {
     let Some(pg) = pg() else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    org(&server, "fifty", "free", &pg).await;
+    common::pg::create_org(&server, "fifty", "free", &pg).await;
     let clients = join_all((0..5).map(|_| connect(&server, "fifty"))).await;
 
     // Each prepares its statement once, so a query is one cycle (Bind/Execute/Sync).
@@ -131,7 +118,7 @@ async fn a_refused_cycle_inside_a_transaction_leaves_it_usable() {
     let Some(pg) = pg() else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), STRICT);
-    org(&server, "txn", "free", &pg).await;
+    common::pg::create_org(&server, "txn", "free", &pg).await;
     let c = connect(&server, "txn").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
@@ -172,7 +159,7 @@ async fn a_pipelining_client_stays_in_step_after_refusals() {
         ("DYNABASE__LIMITS__MAX_QUEUE_DELAY", "0ms"),
     ];
     let server = Server::start(dir.path(), &env);
-    org(&server, "pipe", "free", &pg).await;
+    common::pg::create_org(&server, "pipe", "free", &pg).await;
     let c = connect(&server, "pipe").await;
     tokio::time::sleep(Duration::from_millis(3100)).await;
 
@@ -218,7 +205,7 @@ async fn an_upgrade_raises_the_limit_of_an_open_session() {
     let Some(pg) = pg() else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), STRICT);
-    org(&server, "grow", "free", &pg).await;
+    common::pg::create_org(&server, "grow", "free", &pg).await;
     let c = connect(&server, "grow").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{client, Server, ADMIN_TOKEN};
+use common::{client, Server};
 use futures_util::future::join_all;
 use tokio_postgres::{error::SqlState, Client, NoTls};
 
@@ -68,19 +68,6 @@ fn replicas(
     (servers, dirs)
 }
 
-async fn create_org(server: &Server, id: &str, tier: &str, pg: &str) {
-    let r = client()
-        .post(server.url("/admin/orgs"))
-        .bearer_auth(ADMIN_TOKEN)
-        .body(format!(
-            r#"{{"id":"{id}","name":"{id}","tier":"{tier}","upstream":"{pg}"}}"#
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-}
-
 async fn connect(server: &Server, org: &str) -> Result<Client, tokio_postgres::Error> {
     let conninfo = format!(
         "host=127.0.0.1 port={} user=trust_user.{org} dbname=postgres connect_timeout=10",
@@ -134,7 +121,7 @@ async fn the_connection_limit_is_exact_across_three_replicas_under_a_storm() {
     let Some(s) = services() else { return };
     let (servers, _dirs) = replicas(3, &s, &s.redis, &[]);
     wait_for_replicas(&servers, 3).await;
-    create_org(&servers[0], "storm", "free", &s.pg).await;
+    common::pg::create_org(&servers[0], "storm", "free", &s.pg).await;
 
     // 3 × the FREE limit of 5, spread over the replicas, all at once.
     let attempts = join_all((0..15).map(|i| connect(&servers[i % 3], "storm"))).await;
@@ -157,7 +144,7 @@ async fn query_rates_hold_within_5_percent_across_three_replicas() {
         ("rpro", "pro", 200, 4),
     ];
     for (org, tier, _, _) in tiers {
-        create_org(&servers[0], org, tier, &s.pg).await;
+        common::pg::create_org(&servers[0], org, tier, &s.pg).await;
     }
     // Closed-loop clients on every replica, more than each tier allows.
     let start = Instant::now();
@@ -216,7 +203,7 @@ async fn a_killed_replica_frees_its_slots_within_15_seconds() {
     let Some(s) = services() else { return };
     let (mut servers, _dirs) = replicas(2, &s, &s.redis, &[("DYNABASE__LIMITS__LEASE_TTL", "10s")]);
     wait_for_replicas(&servers, 2).await;
-    create_org(&servers[0], "killed", "free", &s.pg).await;
+    common::pg::create_org(&servers[0], "killed", "free", &s.pg).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(connect(&servers[0], "killed").await.expect("connect"));
@@ -329,7 +316,7 @@ async fn losing_redis_falls_back_to_local_shares_and_recovers() {
     let url = format!("redis://127.0.0.1:{port}");
     let (servers, _dirs) = replicas(2, &s, &url, &[]);
     wait_for_replicas(&servers, 2).await;
-    create_org(&servers[0], "fallback", "pro", &s.pg).await;
+    common::pg::create_org(&servers[0], "fallback", "pro", &s.pg).await;
     let before = connect(&servers[0], "fallback")
         .await
         .expect("shared limits admit");
