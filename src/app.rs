@@ -27,8 +27,13 @@ use crate::{
     },
     http::{self, HttpState, LifecycleHttp},
     proxy::{
-        self, cancel::CancelKeys, cycle, sessions::SessionTable, tls::TlsError, ProxyConfig,
-        ProxyContext,
+        self,
+        cancel::CancelKeys,
+        cycle,
+        sessions::SessionTable,
+        threads::{SessionThreads, ThreadsError},
+        tls::TlsError,
+        ProxyConfig, ProxyContext,
     },
     settings::{Settings, StoreSettings},
     usage_feed::{self, UsageFeed, UsageFeedError},
@@ -67,6 +72,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error("usage: {0}")]
     Usage(#[from] UsageFeedError),
+    #[error(transparent)]
+    Threads(#[from] ThreadsError),
     #[error(
         "http.admin_token is empty: set DYNABASE_ADMIN_TOKEN, or run in development mode (`dynabase serve --dev`)"
     )]
@@ -213,9 +220,18 @@ pub async fn run(
     listeners.proxy.set_nonblocking(true)?;
     let proxy_listener = tokio::net::TcpListener::from_std(listeners.proxy)?;
     let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let proxy_task = tokio::spawn(proxy::run(proxy_listener, proxy_ctx, async {
-        let _ = stopped.await;
-    }));
+    let threads = Arc::new(SessionThreads::start(
+        settings.proxy.worker_threads,
+        settings.proxy.busy_poll,
+    )?);
+    let proxy_task = tokio::spawn(proxy::run(
+        proxy_listener,
+        proxy_ctx,
+        threads.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let state = HttpState {
         store,
@@ -274,6 +290,7 @@ pub async fn run(
             .saturating_duration_since(now)
             .max(MIN_FLUSH_TIME);
     usage_feed.shutdown(flush_deadline).await;
+    let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
     server_task.abort();
     for task in lifecycle_tasks {
         task.abort();

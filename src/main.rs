@@ -151,12 +151,12 @@ fn serve(mut settings: Settings, dev: bool) -> ExitCode {
         );
     }
 
-    // Actors run on the main thread's arbiter; proxy sessions are spawned
-    // onto the multi-threaded runtime underneath it.
-    let workers = settings.proxy.worker_threads;
+    // Actors run on the main thread's arbiter; background tasks (usage feed,
+    // Redis, lifecycle ticks) on the small runtime underneath it. Proxy
+    // sessions have threads of their own (proxy::threads).
     let system = actix::System::with_tokio_rt(move || {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
+            .worker_threads(2)
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("cannot start the tokio runtime: {e}"))

@@ -105,7 +105,9 @@ pub struct CycleTracker {
     /// Real cycles in `pending` (refusals excluded).
     cycles_in_flight: usize,
     batch: Option<(Instant, StatementKind)>,
-    statements: HashMap<Box<[u8]>, StatementKind>,
+    /// Prepared statement kinds by name (looked up on every Bind, so a
+    /// fast hasher; names come from the session's own client).
+    statements: HashMap<Box<[u8]>, StatementKind, foldhash::fast::RandomState>,
 }
 
 fn cstr(b: &[u8]) -> (&[u8], &[u8]) {

@@ -5,6 +5,7 @@
 //! with the policy of the tenant actors; `sessions` and `cancel` keep the
 //! live state the admin API and CancelRequests need.
 
+pub mod busy_poll;
 pub mod cancel;
 pub mod client_error;
 pub mod codec;
@@ -15,16 +16,17 @@ pub mod relay;
 pub mod session;
 pub mod sessions;
 pub mod stream;
+pub mod threads;
 pub mod tls;
 pub mod upstream;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use dynabase_actors::{shared_limits::SharedLimits, tenant::TenantRegistry};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use self::{cancel::CancelKeys, cycle::CycleSink, sessions::SessionTable};
+use self::{cancel::CancelKeys, cycle::CycleSink, sessions::SessionTable, threads::SessionThreads};
 
 /// Proxy timings and TLS policy, from configuration.
 #[derive(Debug, Clone)]
@@ -52,20 +54,33 @@ pub struct ProxyContext {
     pub replica_id: String,
 }
 
-/// Accepts connections until `shutdown` resolves. Sessions already running
-/// carry on; the caller ends them (see `SessionTable::terminate_all`).
+/// Accepts connections until `shutdown` resolves and runs each session on
+/// one of `threads`. Sessions already running carry on; the caller ends them
+/// (see `SessionTable::terminate_all`).
 pub async fn run(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
+    threads: Arc<SessionThreads>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    tokio::spawn(session::serve(ctx.clone(), tcp, peer));
-                }
+                // Handed over as a std socket: it must be registered with
+                // the driver of the thread that will run the session.
+                Ok((tcp, peer)) => match tcp.into_std() {
+                    Ok(tcp) => {
+                        let ctx = ctx.clone();
+                        threads.spawn(move || async move {
+                            match TcpStream::from_std(tcp) {
+                                Ok(tcp) => session::serve(ctx, tcp, peer).await,
+                                Err(e) => tracing::warn!(error = %e, %peer, "cannot register client socket"),
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, %peer, "cannot hand over client socket"),
+                },
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly.
                     tracing::warn!(error = %e, "accept failed");

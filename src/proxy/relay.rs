@@ -14,20 +14,25 @@
 //! status, in the cycle's turn, so pipelining clients stay in step.
 
 use std::{
+    future::{poll_fn, Future},
     io,
     ops::Range,
-    sync::{Arc, Mutex, PoisonError},
+    pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    task::{ready, Context, Poll},
     time::{Duration, Instant},
 };
+
+use atomic_waker::AtomicWaker;
 
 use dynabase_actors::{
     domain::cycle::{CycleEvent, SessionLabels},
     tenant::{GateVerdict, SharedGate},
 };
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::Notify,
-};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::{
     client_error::rate_limited,
@@ -68,31 +73,76 @@ pub struct RelayObserver {
 }
 
 /// A read buffer that grows while reads fill it and shrinks when idle.
-struct AdaptiveBuf(Vec<u8>);
+/// The vector is kept zero-filled to its full length so reads need no
+/// unsafe code; `filled` says how much the last read returned.
+struct AdaptiveBuf {
+    bytes: Vec<u8>,
+    filled: usize,
+}
 
 impl AdaptiveBuf {
     fn new() -> Self {
-        Self(Vec::with_capacity(MIN_BUF))
+        Self {
+            bytes: vec![0; MIN_BUF],
+            filled: 0,
+        }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.bytes[..self.filled]
+    }
+
+    fn poll_read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let mut rb = ReadBuf::new(&mut self.bytes);
+        ready!(Pin::new(r).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        self.filled = n;
+        let cap = self.bytes.len();
+        if n == cap && cap < MAX_BUF {
+            self.bytes.resize(cap * 2, 0);
+        } else if cap > MIN_BUF && n < cap / 4 {
+            self.bytes.truncate(n.max(MIN_BUF));
+            self.bytes.shrink_to_fit();
+        }
+        super::busy_poll::note_read();
+        Poll::Ready(Ok(n))
     }
 
     async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
-        self.0.clear();
-        let cap = self.0.capacity();
-        let n = r.read_buf(&mut self.0).await?;
-        if n == cap && cap < MAX_BUF {
-            self.0.reserve_exact(cap * 2 - n);
-        } else if cap > MIN_BUF && n < cap / 4 {
-            self.0.shrink_to(n.max(MIN_BUF));
-        }
-        Ok(n)
+        poll_fn(|cx| self.poll_read_from(r, cx)).await
     }
 }
 
 /// State shared by the two directions of one session (same task).
 struct Shared {
     tracker: Mutex<CycleTracker>,
-    /// The client side queued a refusal with nothing in flight before it.
-    refusal_ready: Notify,
+    /// The client side queued a refusal with nothing in flight before it;
+    /// the server side sends it.
+    refusal_ready: AtomicBool,
+    /// The relay task's waker, so the client side can have the server side
+    /// polled after queuing a refusal.
+    task: AtomicWaker,
+    /// A cycle is in flight.
+    active: AtomicBool,
+}
+
+impl Shared {
+    /// Records whether a cycle is in flight: for the admin API, and for
+    /// busy polling, which only pays off while few sessions are busy.
+    fn set_active(&self, observer: &RelayObserver, active: bool) {
+        if self.active.swap(active, Ordering::Relaxed) != active {
+            observer.info.set_state(if active {
+                SessionState::Active
+            } else {
+                SessionState::Idle
+            });
+            super::busy_poll::session_busy(active);
+        }
+    }
 }
 
 /// The server side's state, inspected after the relay ends.
@@ -126,7 +176,9 @@ where
 {
     let shared = Shared {
         tracker: Mutex::new(CycleTracker::default()),
-        refusal_ready: Notify::new(),
+        refusal_ready: AtomicBool::new(false),
+        task: AtomicWaker::new(),
+        active: AtomicBool::new(false),
     };
     let mut server_side = ServerSide {
         scanner: Scanner::new(server_prefix_len),
@@ -134,33 +186,52 @@ where
         status,
     };
     let end = {
-        let from_client = client_to_server(client_read, server_write, &shared, observer);
-        let from_server = server_to_client(
+        let mut from_client = pin!(client_to_server(
+            client_read,
+            server_write,
+            &shared,
+            observer
+        ));
+        let mut from_server = pin!(server_to_client(
             server_read,
             client_write,
             &mut server_side,
             &shared,
             observer,
-        );
-        tokio::select! {
-            r = from_client => match r {
-                Ok(()) => RelayEnd::ClientClosed,
-                Err(Side::Client(e)) => RelayEnd::ClientError(e),
-                Err(Side::Server(e)) => RelayEnd::ServerError(e),
-            },
-            r = from_server => match r {
-                Ok(()) => RelayEnd::ServerClosed,
-                Err(Side::Client(e)) => RelayEnd::ClientError(e),
-                Err(Side::Server(e)) => RelayEnd::ServerError(e),
-            },
-            () = observer.info.terminated() => RelayEnd::Terminated { at_boundary: false },
-        }
+        ));
+        // Polled by hand rather than with `select!`: this runs on every
+        // wake of every session, and the termination check is one load.
+        poll_fn(|cx| {
+            if observer.info.poll_terminated(cx).is_ready() {
+                return Poll::Ready(RelayEnd::Terminated { at_boundary: false });
+            }
+            shared.task.register(cx.waker());
+            if let Poll::Ready(r) = from_client.as_mut().poll(cx) {
+                return Poll::Ready(ended(r, RelayEnd::ClientClosed));
+            }
+            if let Poll::Ready(r) = from_server.as_mut().poll(cx) {
+                return Poll::Ready(ended(r, RelayEnd::ServerClosed));
+            }
+            Poll::Pending
+        })
+        .await
     };
+    if shared.active.load(Ordering::Relaxed) {
+        super::busy_poll::session_busy(false);
+    }
     match end {
         RelayEnd::Terminated { .. } => RelayEnd::Terminated {
             at_boundary: server_side.scanner.at_boundary() && !server_side.writing,
         },
         other => other,
+    }
+}
+
+fn ended(r: Result<(), Side>, closed: RelayEnd) -> RelayEnd {
+    match r {
+        Ok(()) => closed,
+        Err(Side::Client(e)) => RelayEnd::ClientError(e),
+        Err(Side::Server(e)) => RelayEnd::ServerError(e),
     }
 }
 
@@ -218,7 +289,38 @@ where
         if n == 0 {
             return Ok(());
         }
-        let chunk = &buf.0[..];
+        let chunk = buf.filled();
+        if state.dropping.is_none() && observer.gate.load().is_unlimited() {
+            // Nothing in this chunk can wait or be refused: forward it as
+            // it is and only follow the messages.
+            let now = Instant::now();
+            let active = {
+                let mut t = shared
+                    .tracker
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                scanner
+                    .walk(chunk, |piece| match piece {
+                        Piece::Header { tag, .. } => {
+                            starts_cycle(tag, &mut state);
+                            if tag == b'S' {
+                                state.in_batch = false;
+                            }
+                            state.keep = true;
+                        }
+                        Piece::Prefix(m) => t.client_message(m.tag, m.prefix, now),
+                        Piece::Body(_) => {}
+                    })
+                    .map_err(|e| Side::Client(codec_to_io(e)))?;
+                t.in_flight() > 0
+            };
+            if active {
+                shared.set_active(observer, true);
+            }
+            server.write_all(chunk).await.map_err(Side::Server)?;
+            server.flush().await.map_err(Side::Server)?;
+            continue;
+        }
         let base = chunk.as_ptr() as usize;
         scanner
             .walk(chunk, |piece| match piece {
@@ -287,7 +389,7 @@ where
                             .unwrap_or_else(PoisonError::into_inner);
                         t.client_message(tag, &bytes[..len], Instant::now());
                         if t.in_flight() > 0 {
-                            observer.info.set_state(SessionState::Active);
+                            shared.set_active(observer, true);
                         }
                     }
                 }
@@ -360,7 +462,8 @@ fn refuse(shared: &Shared, error_response: Box<[u8]>) {
         .unwrap_or_else(PoisonError::into_inner)
         .refused(error_response);
     if first {
-        shared.refusal_ready.notify_one();
+        shared.refusal_ready.store(true, Ordering::Release);
+        shared.task.wake();
     }
 }
 
@@ -391,27 +494,32 @@ where
         // Refusals first: one queued with nothing in flight was queued before
         // any later cycle reached the server, so it must reach the client
         // before that cycle's answer.
-        let n = tokio::select! {
-            biased;
-            () = shared.refusal_ready.notified() => {
-                let mut answers = Vec::new();
-                shared
-                    .tracker
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take_refusals(&mut answers, side.status);
-                if !answers.is_empty() {
-                    write(client, side, &answers).await?;
-                }
-                continue;
+        let read = poll_fn(|cx| {
+            if shared.refusal_ready.load(Ordering::Acquire) {
+                shared.refusal_ready.store(false, Ordering::Release);
+                return Poll::Ready(None);
             }
-            n = buf.read_from(server) => n.map_err(Side::Server)?,
+            buf.poll_read_from(server, cx).map(Some)
+        })
+        .await;
+        let Some(n) = read else {
+            let mut answers = Vec::new();
+            shared
+                .tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take_refusals(&mut answers, side.status);
+            if !answers.is_empty() {
+                write(client, side, &answers).await?;
+            }
+            continue;
         };
+        let n = n.map_err(Side::Server)?;
         if n == 0 {
             return Ok(());
         }
         let now = Instant::now();
-        let chunk = &buf.0[..];
+        let chunk = buf.filled();
         let base = chunk.as_ptr() as usize;
         let mut z_end = 0;
         {
@@ -444,7 +552,7 @@ where
                 })
                 .map_err(|e| Side::Server(codec_to_io(e)))?;
             if t.in_flight() == 0 {
-                observer.info.set_state(SessionState::Idle);
+                shared.set_active(observer, false);
             }
         }
         if splices.is_empty() {
@@ -468,6 +576,7 @@ async fn write<W: AsyncWrite + Unpin>(
 ) -> Result<(), Side> {
     side.writing = true;
     client.write_all(bytes).await.map_err(Side::Client)?;
+    // A no-op on TCP; TLS may hold bytes back until flushed.
     client.flush().await.map_err(Side::Client)?;
     side.writing = false;
     Ok(())

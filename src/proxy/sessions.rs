@@ -4,15 +4,17 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
+    task::{Context, Poll},
 };
+
+use atomic_waker::AtomicWaker;
 
 use dashmap::DashMap;
 use dynabase_actors::{OrgId, Tier, UnixMillis};
 use serde::Serialize;
-use tokio::sync::Notify;
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,7 +47,11 @@ pub struct SessionInfo {
     pub started_at: UnixMillis,
     cycles: AtomicU64,
     state: AtomicU8,
-    terminate: Notify,
+    /// Set once by an operator or shutdown; the relay checks it on every
+    /// wake, so it is a flag and a waker rather than a `Notify` (whose waiter
+    /// list takes a lock on each poll).
+    terminate: AtomicBool,
+    terminate_waker: AtomicWaker,
 }
 
 impl SessionInfo {
@@ -57,9 +63,28 @@ impl SessionInfo {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    /// Resolves when an operator or shutdown asks this session to end.
+    /// Resolves when an operator or shutdown asks this session to end
+    /// (at once if that already happened).
     pub async fn terminated(&self) {
-        self.terminate.notified().await;
+        std::future::poll_fn(|cx| self.poll_terminated(cx)).await;
+    }
+
+    /// `Ready` once the session has been asked to end.
+    pub fn poll_terminated(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.terminate.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.terminate_waker.register(cx.waker());
+        if self.terminate.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn ask_to_end(&self) {
+        self.terminate.store(true, Ordering::Release);
+        self.terminate_waker.wake();
     }
 }
 
@@ -116,7 +141,8 @@ impl SessionTable {
             started_at: UnixMillis::now(),
             cycles: AtomicU64::new(0),
             state: AtomicU8::new(SessionState::Authenticating as u8),
-            terminate: Notify::new(),
+            terminate: AtomicBool::new(false),
+            terminate_waker: AtomicWaker::new(),
         });
         self.sessions.insert(id, info.clone());
         Registered {
@@ -150,7 +176,7 @@ impl SessionTable {
     pub fn terminate(&self, id: u64) -> bool {
         match self.sessions.get(&id) {
             Some(s) => {
-                s.terminate.notify_one();
+                s.ask_to_end();
                 true
             }
             None => false,
@@ -159,7 +185,7 @@ impl SessionTable {
 
     pub fn terminate_all(&self) {
         for s in self.sessions.iter() {
-            s.terminate.notify_one();
+            s.ask_to_end();
         }
     }
 

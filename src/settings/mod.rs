@@ -81,8 +81,11 @@ pub struct HttpSettings {
 pub struct ProxySettings {
     pub host: String,
     pub port: u16,
-    /// Threads of the multi-threaded runtime running sessions (≥ 1).
+    /// Session threads, each with its own single-threaded runtime (≥ 1).
     pub worker_threads: usize,
+    /// How long an idle session thread keeps polling for I/O after the
+    /// last relayed read before it sleeps (zero: sleep at once).
+    pub busy_poll: Duration,
     pub handshake_timeout: Duration,
     pub auth_timeout: Duration,
     pub connect_timeout: Duration,

@@ -210,6 +210,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n as usize,
         },
+        busy_poll: c.duration("proxy.busy_poll", &raw.proxy.busy_poll),
         handshake_timeout: c
             .positive_duration("proxy.handshake_timeout", &raw.proxy.handshake_timeout),
         auth_timeout: c.positive_duration("proxy.auth_timeout", &raw.proxy.auth_timeout),

@@ -1,0 +1,99 @@
+//! Busy polling on a session thread.
+//!
+//! A proxied query crosses four sockets. When every hop sleeps in
+//! `epoll_wait` and is woken by the next packet, each wake-up costs a
+//! context switch, often on an idle (halted) CPU, which dominates the
+//! latency a proxy adds at low concurrency. So after the relay reads from
+//! either side, its thread keeps polling its I/O driver without sleeping
+//! for up to `proxy.busy_poll`: the answer to a query just forwarded, or
+//! the client's next query, is then picked up by a running thread.
+//!
+//! One spinner task per session thread does the polling: while there was a
+//! relayed read within the budget it defers itself (`yield_now`), which
+//! makes the single-threaded runtime poll its driver with a zero timeout
+//! before running it again. Each round also yields the CPU to any other
+//! runnable thread (`sched_yield`), so PostgreSQL or the client sharing the
+//! CPU is not starved. With no recent reads the spinner parks, and idle
+//! sessions cost nothing.
+//!
+//! Only a thread with at most one session in the middle of a query cycle
+//! spins. With several busy sessions, events arrive often enough on their
+//! own, and spinning would only take CPU from the work those sessions wait
+//! for (measured in load-tests/RESULTS.md).
+//!
+//! State is per thread: sessions never leave the thread that accepted them
+//! (see [`super::threads`]).
+
+use std::{
+    cell::{Cell, RefCell},
+    future::Future,
+    pin::{pin, Pin},
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+thread_local! {
+    /// Relayed reads on this thread so far.
+    static READS: Cell<u64> = const { Cell::new(0) };
+    /// Sessions on this thread with a query cycle in flight.
+    static BUSY: Cell<usize> = const { Cell::new(0) };
+    /// The spinner's waker while it is parked.
+    static PARKED: RefCell<Option<Waker>> = const { RefCell::new(None) };
+}
+
+/// Records a relayed read on this thread (and restarts its busy polling).
+pub fn note_read() {
+    READS.set(READS.get().wrapping_add(1));
+    if let Some(waker) = PARKED.with_borrow_mut(Option::take) {
+        waker.wake();
+    }
+}
+
+/// A session on this thread started (`true`) or finished (`false`) having
+/// a query cycle in flight.
+pub fn session_busy(busy: bool) {
+    BUSY.set(if busy {
+        BUSY.get() + 1
+    } else {
+        BUSY.get().saturating_sub(1)
+    });
+}
+
+/// Polls the current thread's runtime without sleeping for up to `budget`
+/// after each relayed read; never returns. Spawn one per session thread.
+pub async fn spin(budget: Duration) {
+    Spinner {
+        budget,
+        seen: READS.get(),
+        since: Instant::now(),
+    }
+    .await
+}
+
+struct Spinner {
+    budget: Duration,
+    seen: u64,
+    since: Instant,
+}
+
+impl Future for Spinner {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let reads = READS.get();
+        let now = Instant::now();
+        if reads != self.seen {
+            self.seen = reads;
+            self.since = now;
+        }
+        if BUSY.get() <= 1 && now.duration_since(self.since) < self.budget {
+            std::thread::yield_now();
+            // A deferred wake: the runtime polls its I/O driver with a zero
+            // timeout, runs whatever became ready, then polls us again.
+            let _ = pin!(tokio::task::yield_now()).poll(cx);
+        } else {
+            PARKED.with_borrow_mut(|parked| *parked = Some(cx.waker().clone()));
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,163 @@
+//! Session threads: each runs its own single-threaded tokio runtime with its
+//! own I/O driver, and a session stays on the thread it was given.
+//!
+//! On a work-stealing runtime the thread blocked in `epoll_wait` is often
+//! not the one that runs the woken session, so a query cycle pays futex
+//! wake-ups and cross-CPU hand-offs; one runtime per thread keeps a
+//! session's reads, writes and wake-ups on one thread, as PgBouncer does
+//! with its single event loop. It also lets an idle thread busy-poll its own
+//! driver ([`super::busy_poll`]).
+//!
+//! Connections are accepted elsewhere (one listener) and handed to the
+//! thread with the fewest live sessions.
+
+use std::{
+    future::Future,
+    io,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use tokio::{runtime::Handle, sync::oneshot};
+
+use super::busy_poll;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadsError {
+    #[error("cannot start proxy session thread {index}: {source}")]
+    Start { index: usize, source: io::Error },
+}
+
+/// The pool of session threads.
+pub struct SessionThreads {
+    workers: Vec<Worker>,
+    /// Where the search for the least-loaded thread starts (spreads ties).
+    next: AtomicUsize,
+}
+
+struct Worker {
+    handle: Handle,
+    live: Arc<AtomicUsize>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Counts a session as live on its thread until dropped.
+struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SessionThreads {
+    /// Starts `count` (≥ 1) threads named `proxy-N`.
+    pub fn start(count: usize, busy_poll: Duration) -> Result<Self, ThreadsError> {
+        let mut workers = Vec::with_capacity(count.max(1));
+        for index in 0..count.max(1) {
+            let start = |source| ThreadsError::Start { index, source };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(start)?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("proxy-{index}"))
+                .spawn(move || {
+                    if !busy_poll.is_zero() {
+                        runtime.spawn(busy_poll::spin(busy_poll));
+                    }
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                    // Dropping the runtime cancels what is left; by now the
+                    // sessions have ended or been terminated.
+                })
+                .map_err(start)?;
+            workers.push(Worker {
+                handle,
+                live: Arc::new(AtomicUsize::new(0)),
+                stop: Mutex::new(Some(stop)),
+                thread: Mutex::new(Some(thread)),
+            });
+        }
+        Ok(Self {
+            workers,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Runs the future `make` builds on the thread with the fewest live
+    /// sessions. `make` runs on that thread, so it may register sockets
+    /// with that thread's driver (`TcpStream::from_std`).
+    pub fn spawn<F, Fut>(&self, make: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let n = self.workers.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let worker = (0..n)
+            .map(|i| &self.workers[(first + i) % n])
+            .min_by_key(|w| w.live.load(Ordering::Relaxed))
+            .unwrap_or(&self.workers[first]);
+        worker.live.fetch_add(1, Ordering::Relaxed);
+        let live = Live(worker.live.clone());
+        worker.handle.spawn(async move {
+            let _live = live;
+            make().await;
+        });
+    }
+
+    /// Live sessions per thread, in thread order.
+    pub fn live(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|w| w.live.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Stops every thread and waits for it (blocking; call off the async
+    /// threads). Sessions still running are dropped, closing their sockets.
+    pub fn stop(&self) {
+        for w in &self.workers {
+            if let Some(stop) = w.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let _ = stop.send(());
+            }
+        }
+        for w in &self.workers {
+            let thread = w
+                .thread
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for SessionThreads {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            if let Some(stop) = w.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
