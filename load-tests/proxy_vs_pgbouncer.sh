@@ -155,10 +155,10 @@ COMMAND="DURATION=$DURATION ROUNDS=$ROUNDS load-tests/proxy_vs_pgbouncer.sh"
 [[ "$SCALE" != 10 ]] && COMMAND="SCALE=$SCALE $COMMAND"
 [[ "$QUIET_PCT" != 10 ]] && COMMAND="QUIET_PCT=$QUIET_PCT $COMMAND"
 [[ "$MAX_ROUNDS" != $((2 * ROUNDS)) ]] && COMMAND="MAX_ROUNDS=$MAX_ROUNDS $COMMAND"
-PROXY_CONFIG="default configuration (worker_threads = one per core)"
+PROXY_CONFIG="default configuration (worker_threads = one per core, busy_poll = 100us)"
 if [[ -n "${DYNABASE__PROXY__WORKER_THREADS:-}" ]]; then
     COMMAND="DYNABASE__PROXY__WORKER_THREADS=$DYNABASE__PROXY__WORKER_THREADS $COMMAND"
-    PROXY_CONFIG="default configuration except worker_threads = $DYNABASE__PROXY__WORKER_THREADS"
+    PROXY_CONFIG="default configuration (busy_poll = 100us) except worker_threads = $DYNABASE__PROXY__WORKER_THREADS"
 fi
 [[ "$SECTION" == proxy_vs_pgbouncer ]] || COMMAND="SECTION=$SECTION $COMMAND"
 

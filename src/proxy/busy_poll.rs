@@ -97,3 +97,4 @@ impl Future for Spinner {
         Poll::Pending
     }
 }
+
