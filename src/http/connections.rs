@@ -2,10 +2,9 @@
 //! sessions, and ending one.
 
 use actix_web::{delete, get, web, HttpResponse};
-use dynabase_actors::OrgId;
 use serde_json::json;
 
-use super::{auth::AdminAuth, error::ApiError, HttpState};
+use super::{auth::AdminAuth, error::ApiError, orgs::existing_org, HttpState};
 
 #[get("/admin/orgs/{id}/connections")]
 pub async fn for_org(
@@ -13,11 +12,7 @@ pub async fn for_org(
     state: web::Data<HttpState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = OrgId::parse(&path)
-        .map_err(|_| ApiError::NotFound(format!("organization `{path}` not found")))?;
-    if state.store.get_org(&id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("organization `{id}` not found")));
-    }
+    let id = existing_org(&state, &path).await?;
     Ok(HttpResponse::Ok().json(state.sessions.for_org(&id)))
 }
 

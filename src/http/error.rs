@@ -109,15 +109,20 @@ impl ResponseError for ApiError {
     }
 }
 
+impl ApiError {
+    /// 404 for an organization id that is malformed or not in the store.
+    pub fn org_not_found(id: impl std::fmt::Display) -> Self {
+        ApiError::NotFound(format!("organization `{id}` not found"))
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Duplicate(id) => {
                 ApiError::Conflict(format!("organization `{id}` already exists"))
             }
-            StoreError::NotFound(id) => {
-                ApiError::NotFound(format!("organization `{id}` not found"))
-            }
+            StoreError::NotFound(id) => ApiError::org_not_found(id),
             StoreError::Unavailable(_) | StoreError::Corrupt(_) => {
                 tracing::error!(error = %e, "store error");
                 ApiError::Unavailable("the store")

@@ -14,13 +14,14 @@ use actix_web::{get, post, put, web, HttpResponse};
 use dynabase_actors::{
     lifecycle::{ChangeError, ChangeRequest, Mode, Tick},
     webhook_handler::job_id,
-    OrgId, Tier, UnixMillis,
+    Tier, UnixMillis,
 };
 use serde_json::{Map, Value};
 
 use super::{
     auth::AdminAuth,
     error::{ApiError, FieldError},
+    orgs::{existing_org, org_id},
     HttpState,
 };
 
@@ -28,24 +29,10 @@ use super::{
 /// (clocks of replicas and callers differ a little).
 const CLOCK_SLACK_MS: i64 = 1_000;
 
-fn org_id(raw: &str) -> Result<OrgId, ApiError> {
-    OrgId::parse(raw).map_err(|_| ApiError::NotFound(format!("organization `{raw}` not found")))
-}
-
-async fn existing(state: &HttpState, raw: &str) -> Result<OrgId, ApiError> {
-    let id = org_id(raw)?;
-    if state.store.get_org(&id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("organization `{id}` not found")));
-    }
-    Ok(id)
-}
-
 impl From<ChangeError> for ApiError {
     fn from(e: ChangeError) -> Self {
         match e {
-            ChangeError::NotFound(id) => {
-                ApiError::NotFound(format!("organization `{id}` not found"))
-            }
+            ChangeError::NotFound(id) => ApiError::org_not_found(id),
             ChangeError::Contended(id) => ApiError::Conflict(format!(
                 "organization `{id}` is being changed concurrently; try again"
             )),
@@ -138,7 +125,7 @@ pub async fn tier_history(
     state: web::Data<HttpState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = existing(&state, &path).await?;
+    let id = existing_org(&state, &path).await?;
     Ok(HttpResponse::Ok().json(state.store.tier_history(&id).await?))
 }
 
@@ -148,7 +135,7 @@ pub async fn notifications(
     state: web::Data<HttpState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = existing(&state, &path).await?;
+    let id = existing_org(&state, &path).await?;
     Ok(HttpResponse::Ok().json(state.store.notifications_for_org(&id).await?))
 }
 

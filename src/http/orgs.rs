@@ -8,7 +8,16 @@ use crate::org_admin;
 
 pub(super) fn org_id(raw: &str) -> Result<OrgId, ApiError> {
     // A syntactically impossible id cannot exist.
-    OrgId::parse(raw).map_err(|_| ApiError::NotFound(format!("organization `{raw}` not found")))
+    OrgId::parse(raw).map_err(|_| ApiError::org_not_found(raw))
+}
+
+/// The id of an organization that exists in the store, or 404.
+pub(super) async fn existing_org(state: &HttpState, raw: &str) -> Result<OrgId, ApiError> {
+    let id = org_id(raw)?;
+    if state.store.get_org(&id).await?.is_none() {
+        return Err(ApiError::org_not_found(&id));
+    }
+    Ok(id)
 }
 
 #[post("/admin/orgs")]
@@ -41,7 +50,7 @@ pub async fn show(
         .store
         .get_org(&id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("organization `{id}` not found")))?;
+        .ok_or_else(|| ApiError::org_not_found(&id))?;
     Ok(HttpResponse::Ok().json(org))
 }
 

@@ -38,10 +38,6 @@ pub struct PeriodQuery {
     period: Option<String>,
 }
 
-fn not_found(org: &str) -> ApiError {
-    ApiError::NotFound(format!("organization `{org}` not found"))
-}
-
 /// The requested period, or the current one.
 fn period(raw: Option<&str>, now: UnixMillis) -> Result<Period, ApiError> {
     match raw {
@@ -56,7 +52,7 @@ async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<UsageR
         .store
         .get_org(org)
         .await?
-        .ok_or_else(|| not_found(org.as_str()))?;
+        .ok_or_else(|| ApiError::org_not_found(org))?;
     let records = state.store.usage_for_period(org, &period).await?;
     let adjustments = state.store.usage_adjustments(org, &period).await?;
     Ok(UsageReport::build(ReportInput {
@@ -198,7 +194,7 @@ pub async fn adjust(
     let org = org_id(&path)?;
     let adjustment = parse_adjustment(&body, &org, UnixMillis::now())?;
     if state.store.get_org(&org).await?.is_none() {
-        return Err(not_found(org.as_str()));
+        return Err(ApiError::org_not_found(&org));
     }
     match state.store.add_usage_adjustment(&adjustment).await? {
         Write::Applied => {

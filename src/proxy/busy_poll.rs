@@ -97,4 +97,3 @@ impl Future for Spinner {
         Poll::Pending
     }
 }
-

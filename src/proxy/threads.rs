@@ -161,3 +161,56 @@ impl Drop for SessionThreads {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, time::Instant};
+
+    use super::*;
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn sessions_go_to_the_least_loaded_thread_and_stay_there() {
+        let threads = SessionThreads::start(2, Duration::from_micros(50)).expect("threads start");
+        let (names_tx, names) = mpsc::channel();
+        let mut releases = Vec::new();
+        for _ in 0..4 {
+            let (release, released) = oneshot::channel::<()>();
+            releases.push(release);
+            let names_tx = names_tx.clone();
+            threads.spawn(move || async move {
+                let name = std::thread::current().name().map(str::to_owned);
+                let _ = released.await;
+                // Resumed on the thread it started on.
+                assert_eq!(std::thread::current().name().map(str::to_owned), name);
+                let _ = names_tx.send(name);
+            });
+        }
+        wait_until("four live sessions", || {
+            threads.live().iter().sum::<usize>() == 4
+        });
+        assert_eq!(threads.live(), vec![2, 2]);
+        drop(releases);
+        let mut seen: Vec<_> = (0..4)
+            .map(|_| {
+                names
+                    .recv_timeout(Duration::from_secs(5))
+                    .expect("session ended")
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["proxy-0", "proxy-0", "proxy-1", "proxy-1"].map(|n| Some(n.to_owned()))
+        );
+        wait_until("no live sessions", || threads.live() == vec![0, 0]);
+        threads.stop();
+    }
+}

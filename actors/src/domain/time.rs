@@ -32,20 +32,10 @@ impl UnixMillis {
 impl UnixMillis {
     /// `YYYY-MM-DDTHH:MM:SSZ`, for messages people read.
     pub fn to_rfc3339(self) -> String {
-        let secs = self.0.div_euclid(1000);
-        let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let rest = self.0.div_euclid(1000).rem_euclid(86_400);
         format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            "{}T{:02}:{:02}:{:02}Z",
+            super::calendar::day_of(self),
             rest / 3600,
             rest % 3600 / 60,
             rest % 60
