@@ -44,6 +44,14 @@ thread_local! {
 /// Records a relayed read on this thread (and restarts its busy polling).
 pub fn note_read() {
     READS.set(READS.get().wrapping_add(1));
+    // With several busy sessions the spinner would only park again: leave
+    // it parked rather than poll it on every read.
+    if BUSY.get() <= 1 {
+        wake_spinner();
+    }
+}
+
+fn wake_spinner() {
     if let Some(waker) = PARKED.with_borrow_mut(Option::take) {
         waker.wake();
     }
@@ -52,11 +60,15 @@ pub fn note_read() {
 /// A session on this thread started (`true`) or finished (`false`) having
 /// a query cycle in flight.
 pub fn session_busy(busy: bool) {
-    BUSY.set(if busy {
+    let now_busy = if busy {
         BUSY.get() + 1
     } else {
         BUSY.get().saturating_sub(1)
-    });
+    };
+    BUSY.set(now_busy);
+    if !busy && now_busy <= 1 {
+        wake_spinner();
+    }
 }
 
 /// Polls the current thread's runtime without sleeping for up to `budget`
