@@ -22,6 +22,7 @@
 #              runs of other configurations next to the default one
 #   DYNABASE__PROXY__WORKER_THREADS  passed to the proxy (default: its config,
 #              one thread per core); noted in the report when set
+#   DYNABASE__PROXY__BUSY_POLL       likewise (default: its config, 100us)
 #
 # Needs: scripts/services.sh start (PostgreSQL on 127.0.0.1:5432 with the
 # roles postgres/postgres and trust_user), pgbench, psql, /usr/sbin/pgbouncer,
@@ -155,11 +156,16 @@ COMMAND="DURATION=$DURATION ROUNDS=$ROUNDS load-tests/proxy_vs_pgbouncer.sh"
 [[ "$SCALE" != 10 ]] && COMMAND="SCALE=$SCALE $COMMAND"
 [[ "$QUIET_PCT" != 10 ]] && COMMAND="QUIET_PCT=$QUIET_PCT $COMMAND"
 [[ "$MAX_ROUNDS" != $((2 * ROUNDS)) ]] && COMMAND="MAX_ROUNDS=$MAX_ROUNDS $COMMAND"
-PROXY_CONFIG="default configuration (worker_threads = one per core, busy_poll = 100us)"
-if [[ -n "${DYNABASE__PROXY__WORKER_THREADS:-}" ]]; then
-    COMMAND="DYNABASE__PROXY__WORKER_THREADS=$DYNABASE__PROXY__WORKER_THREADS $COMMAND"
-    PROXY_CONFIG="default configuration (busy_poll = 100us) except worker_threads = $DYNABASE__PROXY__WORKER_THREADS"
-fi
+PROXY_CONFIG="default configuration (config/default.toml)"
+OVERRIDES=""
+for var in DYNABASE__PROXY__WORKER_THREADS DYNABASE__PROXY__BUSY_POLL; do
+    if [[ -n "${!var:-}" ]]; then
+        COMMAND="$var=${!var} $COMMAND"
+        key="${var#DYNABASE__PROXY__}"
+        OVERRIDES="${OVERRIDES:+$OVERRIDES, }proxy.${key,,} = ${!var}"
+    fi
+done
+[[ -n "$OVERRIDES" ]] && PROXY_CONFIG="default configuration (config/default.toml) except $OVERRIDES"
 [[ "$SECTION" == proxy_vs_pgbouncer ]] || COMMAND="SECTION=$SECTION $COMMAND"
 
 if [[ "$WARMUP" -gt 0 ]]; then
