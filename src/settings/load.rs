@@ -212,7 +212,7 @@ mod tests {
             &[("DYNABASE_ENV", "bad"), ("DYNABASE__HTTP__COLOUR", "blue")],
             &[(
                 "bad.toml",
-                "[proxy]\nport = 70000\nmystery = 1\n[tiers.free]\nmax_connections = -5\n",
+                "[proxy]\nport = 70000\nmystery = 1\nbusy_poll = \"1s\"\n[tiers.free]\nmax_connections = -5\n",
             )],
         );
         let Err(SettingsError::Invalid(problems)) = load(&opts) else {
@@ -223,6 +223,7 @@ mod tests {
             "proxy.mystery",
             "http.colour",
             "proxy.port",
+            "proxy.busy_poll",
             "tiers.free.max_connections",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");

@@ -15,6 +15,8 @@ use super::{
     TierCacheSettings, TlsFiles, UsageSettings,
 };
 
+/// Longest accepted `proxy.busy_poll`.
+const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 /// Accumulates problems; each check returns a usable placeholder on failure
 /// so validation can go on and find the rest.
 #[derive(Default)]
@@ -210,7 +212,17 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n as usize,
         },
-        busy_poll: c.duration("proxy.busy_poll", &raw.proxy.busy_poll),
+        busy_poll: {
+            let d = c.duration("proxy.busy_poll", &raw.proxy.busy_poll);
+            // Spinning longer than a slow query's round trip only burns CPU.
+            if d > MAX_BUSY_POLL {
+                c.fail(
+                    "proxy.busy_poll",
+                    format!("must be at most {MAX_BUSY_POLL:?} (\"0s\" turns it off)"),
+                );
+            }
+            d
+        },
         handshake_timeout: c
             .positive_duration("proxy.handshake_timeout", &raw.proxy.handshake_timeout),
         auth_timeout: c.positive_duration("proxy.auth_timeout", &raw.proxy.auth_timeout),
