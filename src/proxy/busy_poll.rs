@@ -109,3 +109,42 @@ impl Future for Spinner {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parked() -> bool {
+        PARKED.with_borrow(Option::is_some)
+    }
+
+    #[test]
+    fn spins_after_reads_and_parks_when_idle_or_when_several_sessions_are_busy() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            tokio::spawn(spin(Duration::from_millis(2)));
+            // No reads: it spins out its budget, then parks.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(parked());
+            // A read wakes it and it spins again.
+            note_read();
+            assert!(!parked());
+            tokio::task::yield_now().await;
+            assert!(!parked());
+            // Two sessions mid-cycle: it parks, and reads leave it parked.
+            session_busy(true);
+            session_busy(true);
+            tokio::task::yield_now().await;
+            assert!(parked());
+            note_read();
+            assert!(parked());
+            // Back to one busy session: spinning resumes.
+            session_busy(false);
+            assert!(!parked());
+            session_busy(false);
+        });
+    }
+}
