@@ -22,11 +22,9 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
     },
-    task::{ready, Context, Poll},
+    task::{ready, Context, Poll, Waker},
     time::{Duration, Instant},
 };
-
-use atomic_waker::AtomicWaker;
 
 use dynabase_actors::{
     domain::cycle::{CycleEvent, SessionLabels},
@@ -124,8 +122,8 @@ struct Shared {
     /// the server side sends it.
     refusal_ready: AtomicBool,
     /// The relay task's waker, so the client side can have the server side
-    /// polled after queuing a refusal.
-    task: AtomicWaker,
+    /// polled after queuing a refusal (rare, so a lock is fine).
+    task: Mutex<Option<Waker>>,
     /// A cycle is in flight.
     active: AtomicBool,
 }
@@ -177,7 +175,7 @@ where
     let shared = Shared {
         tracker: Mutex::new(CycleTracker::default()),
         refusal_ready: AtomicBool::new(false),
-        task: AtomicWaker::new(),
+        task: Mutex::new(None),
         active: AtomicBool::new(false),
     };
     let mut server_side = ServerSide {
@@ -201,11 +199,21 @@ where
         ));
         // Polled by hand rather than with `select!`: this runs on every
         // wake of every session, and the termination check is one load.
+        // The task's waker is registered for termination and refusals on
+        // the first poll only: this future never leaves its task, and any
+        // waker of a task wakes that task.
+        let mut registered = false;
         poll_fn(|cx| {
-            if observer.info.poll_terminated(cx).is_ready() {
+            if !registered {
+                registered = true;
+                *shared.task.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(cx.waker().clone());
+                if observer.info.poll_terminated(cx).is_ready() {
+                    return Poll::Ready(RelayEnd::Terminated { at_boundary: false });
+                }
+            } else if observer.info.is_terminated() {
                 return Poll::Ready(RelayEnd::Terminated { at_boundary: false });
             }
-            shared.task.register(cx.waker());
             if let Poll::Ready(r) = from_client.as_mut().poll(cx) {
                 return Poll::Ready(ended(r, RelayEnd::ClientClosed));
             }
@@ -463,7 +471,9 @@ fn refuse(shared: &Shared, error_response: Box<[u8]>) {
         .refused(error_response);
     if first {
         shared.refusal_ready.store(true, Ordering::Release);
-        shared.task.wake();
+        if let Some(task) = &*shared.task.lock().unwrap_or_else(PoisonError::into_inner) {
+            task.wake_by_ref();
+        }
     }
 }
 

@@ -82,6 +82,11 @@ impl SessionInfo {
         }
     }
 
+    /// Whether the session has been asked to end (no waker registered).
+    pub fn is_terminated(&self) -> bool {
+        self.terminate.load(Ordering::Acquire)
+    }
+
     fn ask_to_end(&self) {
         self.terminate.store(true, Ordering::Release);
         self.terminate_waker.wake();
