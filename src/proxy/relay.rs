@@ -311,9 +311,6 @@ where
                     .walk(chunk, |piece| match piece {
                         Piece::Header { tag, .. } => {
                             starts_cycle(tag, &mut state);
-                            if tag == b'S' {
-                                state.in_batch = false;
-                            }
                             state.keep = true;
                         }
                         Piece::Prefix(m) => t.client_message(m.tag, m.prefix, now),
@@ -374,7 +371,6 @@ where
                         state.keep = true;
                     }
                     if tag == b'S' {
-                        state.in_batch = false;
                         if let Some(refusal) = state.dropping.take() {
                             refuse(shared, refusal);
                             state.keep = false;
@@ -412,6 +408,10 @@ fn starts_cycle(tag: u8, state: &mut ClientSide) -> bool {
     match tag {
         b'Q' | b'F' => true,
         b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => !std::mem::replace(&mut state.in_batch, true),
+        b'S' => {
+            state.in_batch = false;
+            false
+        }
         _ => false,
     }
 }

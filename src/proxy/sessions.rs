@@ -71,11 +71,11 @@ impl SessionInfo {
 
     /// `Ready` once the session has been asked to end.
     pub fn poll_terminated(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.terminate.load(Ordering::Acquire) {
+        if self.is_terminated() {
             return Poll::Ready(());
         }
         self.terminate_waker.register(cx.waker());
-        if self.terminate.load(Ordering::Acquire) {
+        if self.is_terminated() {
             Poll::Ready(())
         } else {
             Poll::Pending

@@ -131,14 +131,19 @@ impl SessionThreads {
             .collect()
     }
 
-    /// Stops every thread and waits for it (blocking; call off the async
-    /// threads). Sessions still running are dropped, closing their sockets.
-    pub fn stop(&self) {
+    /// Tells every thread to stop (once; later calls do nothing).
+    fn signal_stop(&self) {
         for w in &self.workers {
             if let Some(stop) = w.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
                 let _ = stop.send(());
             }
         }
+    }
+
+    /// Stops every thread and waits for it (blocking; call off the async
+    /// threads). Sessions still running are dropped, closing their sockets.
+    pub fn stop(&self) {
+        self.signal_stop();
         for w in &self.workers {
             let thread = w
                 .thread
@@ -154,11 +159,7 @@ impl SessionThreads {
 
 impl Drop for SessionThreads {
     fn drop(&mut self) {
-        for w in &self.workers {
-            if let Some(stop) = w.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
-                let _ = stop.send(());
-            }
-        }
+        self.signal_stop();
     }
 }
 
