@@ -39,31 +39,18 @@ DB=postgres
 export PGSSLMODE=disable
 unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
 
-for tool in "$PG_BIN/initdb" "$PG_BIN/pg_ctl" psql python3 curl; do
-    command -v "$tool" >/dev/null || die "$tool not found"
-done
-[[ "$WITH_PGBOUNCER" != 1 ]] || command -v /usr/sbin/pgbouncer >/dev/null || die "/usr/sbin/pgbouncer not found"
+require_tools "$PG_BIN/initdb" "$PG_BIN/pg_ctl" psql python3 curl
+[[ "$WITH_PGBOUNCER" != 1 ]] || require_tools /usr/sbin/pgbouncer
 
-WORK="$(mktemp -d /tmp/idle-memory.XXXXXX)"
-chmod 755 "$WORK"
+make_workdir idle-memory
 PG_STARTED=""
-PGB_PID=""
-PROXY_PID=""
 as_pg() { if [[ "$(id -u)" -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-cleanup() {
-    local rc=$?
-    stop_pid "$PROXY_PID" 25
-    stop_pid "$PGB_PID" 5
+stop_own_pg() {
     if [[ -n "$PG_STARTED" ]]; then
         as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
     fi
-    if [[ $rc -ne 0 ]]; then
-        log "failed (exit $rc); logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
 }
-trap cleanup EXIT
+trap 'finish_run $? stop_own_pg' EXIT
 trap 'exit 130' INT TERM
 
 # Room for the held sockets (proxy: two per connection) and PG's backends.

@@ -32,6 +32,39 @@ vmrss_kib() { # pid
     awk '/^VmRSS:/ {print $2}' "/proc/$1/status"
 }
 
+# require_tools TOOL... -> dies naming the first one not found.
+require_tools() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || die "$tool not found"
+    done
+}
+
+# make_workdir NAME -> WORK: a fresh directory under /tmp that PgBouncer and
+# PostgreSQL (run as the postgres user) can read; PGB_PID and PROXY_PID reset.
+make_workdir() {
+    WORK="$(mktemp -d "/tmp/$1.XXXXXX")"
+    chmod 755 "$WORK"
+    PGB_PID=""
+    PROXY_PID=""
+}
+
+# finish_run RC [CMD...]: stops the proxy and PgBouncer the script started,
+# runs CMD (more teardown) if given, then removes WORK, or keeps it (and says
+# so) when the script failed.
+finish_run() {
+    local rc="$1"
+    shift
+    stop_pid "$PROXY_PID" 25
+    stop_pid "$PGB_PID" 5
+    if [[ $# -gt 0 ]]; then "$@"; fi
+    if [[ $rc -ne 0 ]]; then
+        log "failed (exit $rc); logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+
 # start_proxy WORKDIR -> sets PROXY_PID, PROXY_PORT, PROXY_HTTP_PORT.
 # The release binary with its default configuration (worker_threads = one per
 # core); an embedded store in WORKDIR; logs in WORKDIR/dynabase.log.

@@ -43,22 +43,11 @@ ORG=bench
 export PGSSLMODE=disable
 unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
 
-for tool in pgbench psql strace python3 curl; do
-    command -v "$tool" >/dev/null || die "$tool not found"
-done
+require_tools pgbench psql strace python3 curl
 port_open "$PG_HOST" "$PG_PORT" || die "no PostgreSQL on $PG_HOST:$PG_PORT (scripts/services.sh start)"
 
-WORK="$(mktemp -d /tmp/per-query-cost.XXXXXX)"
-chmod 755 "$WORK"
-PGB_PID=""
-PROXY_PID=""
-cleanup() {
-    local rc=$?
-    stop_pid "$PROXY_PID" 25
-    stop_pid "$PGB_PID" 5
-    if [[ $rc -ne 0 ]]; then log "failed (exit $rc); logs kept in $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+make_workdir per-query-cost
+trap 'finish_run $?' EXIT
 trap 'exit 130' INT TERM
 
 ensure_bench_db "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" "$SCALE"
