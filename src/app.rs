@@ -29,7 +29,7 @@ use crate::{
     proxy::{
         self,
         cancel::CancelKeys,
-        cycle,
+        cycle_sink,
         sessions::SessionTable,
         threads::{SessionThreads, ThreadsError},
         tls::TlsError,
@@ -47,9 +47,6 @@ pub struct Listeners {
     pub proxy: TcpListener,
 }
 
-/// Cycle events buffered between the proxy and the usage feed, which drains
-/// them on a timer: enough for over a million cycles per second.
-const CYCLE_CHANNEL: usize = 131_072;
 /// The shutdown flush gets at least this long, even when sessions used up
 /// the shutdown deadline: unwritten usage is unbilled usage.
 const MIN_FLUSH_TIME: Duration = Duration::from_secs(3);
@@ -189,11 +186,11 @@ pub async fn run(
     ];
     let sessions = Arc::new(SessionTable::default());
 
-    let (cycles, cycle_source) = cycle::channel(CYCLE_CHANNEL, anchor);
+    let (cycles, cycle_source) = cycle_sink::channel(anchor);
     let cycles = if settings.usage.enabled {
         cycles
     } else {
-        cycle::CycleSink::disabled()
+        cycle_sink::CycleSink::disabled()
     };
     let usage_feed = UsageFeed::start(
         cycle_source,

@@ -2,26 +2,24 @@
 //! `UsageAccumulator` actor, and what the app needs to set the accumulator
 //! up and to flush it at shutdown.
 //!
-//! The forwarder drains the channel on a timer ([`DRAIN_EVERY`]) rather than
-//! waking for each event: a wake-up per query cycle (task wake, cross-thread
-//! hand-off) cost the proxy 16% of its pgbench -S throughput on a 2-core
-//! machine (load-tests/RESULTS.md); a drain every 10 ms costs nothing
-//! measurable and the channel holds 65,536 events, 6.5 M/s worth.
+//! The forwarder takes the sink's folded totals on a timer ([`DRAIN_EVERY`])
+//! rather than being told of each cycle: anything per cycle that crosses
+//! threads (a wake-up, a channel message) costs proxy throughput on a small
+//! machine (load-tests/RESULTS.md), while a take every 10 ms hands the
+//! actor a few totals per busy session.
 //!
 //! It waits for the actor to take each batch (`send().await`, not
-//! `do_send`), so when the actor falls behind the proxy's channel fills and
-//! the sink folds events into aggregates instead of the actor's mailbox
-//! growing without bound. The shutdown flush goes through the forwarder too,
-//! so every event already in the channel reaches the actor before
-//! [`Flush`] does (an actor's mailbox is FIFO).
+//! `do_send`), so when the actor falls behind, totals keep folding in the
+//! sink instead of the actor's mailbox growing without bound. The shutdown
+//! flush goes through the forwarder too, so every cycle recorded so far
+//! reaches the actor before [`Flush`] does (an actor's mailbox is FIFO).
 
 use std::time::{Duration, Instant};
 
 use actix::Addr;
 use dynabase_actors::{
-    domain::cycle::CycleEvent,
     usage_accumulator::{
-        BookConfig, CycleBatch, Flush, FlushReport, FoldedBatch, Restore, Status, TakeUnwritten,
+        BookConfig, Flush, FlushReport, FoldedBatch, FoldedCycles, Restore, Status, TakeUnwritten,
         UsageAccumulator, UsageConfig,
     },
     ClockAnchor,
@@ -31,15 +29,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{
-    proxy::cycle::{CycleSource, Overflow},
-    settings::Settings,
-    usage_spill::Spill,
-};
+use crate::{proxy::cycle_sink::CycleSource, settings::Settings, usage_spill::Spill};
 
-/// Events per message to the actor, at most.
+/// Totals per message to the actor, at most.
 const BATCH: usize = 4096;
-/// How often the channel is drained (see the module docs).
+/// How often the sink's totals are taken (see the module docs).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// Records per store write, at most.
 const MAX_BATCH_RECORDS: usize = 500;
@@ -207,55 +201,39 @@ async fn remove_when_written(usage: Addr<UsageAccumulator>, spill: Spill) {
 }
 
 async fn forward(
-    mut source: CycleSource,
+    source: CycleSource,
     usage: Addr<UsageAccumulator>,
     mut requests: mpsc::Receiver<FlushRequest>,
 ) {
-    let overflow = source.overflow();
-    let mut batch = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             Some(request) = requests.recv() => {
-                source.drain_into(&mut batch);
-                deliver(&usage, &mut batch, &overflow).await;
+                deliver(&usage, source.take()).await;
                 let report = usage.send(Flush { deadline: request.deadline }).await.ok();
                 let _ = request.reply.send(report);
             }
             _ = tick.tick() => {
-                let open = source.drain_into(&mut batch);
-                deliver(&usage, &mut batch, &overflow).await;
+                // Checked first: once no sink is left, this take is the last.
+                let open = source.is_open();
+                deliver(&usage, source.take()).await;
                 if !open {
-                    // Every sink is gone: nothing more will come.
                     break;
                 }
-            }
-            // The channel overflowed: take the folded totals now.
-            () = overflow.folded() => {
-                source.drain_into(&mut batch);
-                deliver(&usage, &mut batch, &overflow).await;
             }
         }
     }
 }
 
-/// Hands the batch and any folded aggregates to the actor, waiting until it
-/// has taken them.
-async fn deliver(usage: &Addr<UsageAccumulator>, batch: &mut Vec<CycleEvent>, overflow: &Overflow) {
-    while !batch.is_empty() {
-        let rest = batch.split_off(batch.len().min(BATCH));
-        let events = std::mem::replace(batch, rest);
-        let n = events.len() as u64;
-        if let Err(e) = usage.send(CycleBatch(events)).await {
-            lost(n, &e);
-        }
-    }
-    let folded = overflow.take_folded();
-    if !folded.is_empty() {
-        let n = folded.iter().map(|f| f.cycles).sum();
-        if let Err(e) = usage.send(FoldedBatch(folded)).await {
+/// Hands the totals to the actor, waiting until it has taken them.
+async fn deliver(usage: &Addr<UsageAccumulator>, mut totals: Vec<FoldedCycles>) {
+    while !totals.is_empty() {
+        let rest = totals.split_off(totals.len().min(BATCH));
+        let batch = std::mem::replace(&mut totals, rest);
+        let n = batch.iter().map(|f| f.cycles).sum();
+        if let Err(e) = usage.send(FoldedBatch(batch)).await {
             lost(n, &e);
         }
     }

@@ -16,10 +16,11 @@
 //! CPU is not starved. With no recent reads the spinner parks, and idle
 //! sessions cost nothing.
 //!
-//! Only a thread with at most one session in the middle of a query cycle
-//! spins. With several busy sessions, events arrive often enough on their
-//! own, and spinning would only take CPU from the work those sessions wait
-//! for (measured in load-tests/RESULTS.md).
+//! Only a thread serving one session at a time spins: at most one session
+//! in the middle of a query cycle, and the last [`SOLO_READS`] reads from
+//! that same session. With several active sessions, events arrive
+//! often enough on their own, and spinning would only take CPU from the
+//! work those sessions wait for (measured in load-tests/RESULTS.md).
 //!
 //! State is per thread: sessions never leave the thread that accepted them
 //! (see [`super::threads`]).
@@ -35,20 +36,40 @@ use std::{
 thread_local! {
     /// Relayed reads on this thread so far.
     static READS: Cell<u64> = const { Cell::new(0) };
+    /// The session id of the last relayed read.
+    static LAST_READER: Cell<u64> = const { Cell::new(0) };
+    /// Consecutive relayed reads from that session.
+    static RUN: Cell<u32> = const { Cell::new(0) };
     /// Sessions on this thread with a query cycle in flight.
     static BUSY: Cell<usize> = const { Cell::new(0) };
     /// The spinner's waker while it is parked.
     static PARKED: RefCell<Option<Waker>> = const { RefCell::new(None) };
 }
 
-/// Records a relayed read on this thread (and restarts its busy polling).
-pub fn note_read() {
+/// Records a relayed read on this thread for session `reader` (its id), and
+/// restarts busy polling.
+pub fn note_read(reader: u64) {
     READS.set(READS.get().wrapping_add(1));
-    // With several busy sessions the spinner would only park again: leave
-    // it parked rather than poll it on every read.
-    if BUSY.get() <= 1 {
+    let run = if LAST_READER.replace(reader) == reader {
+        RUN.get().saturating_add(1)
+    } else {
+        1
+    };
+    RUN.set(run);
+    // While sessions take turns the spinner would only park again: leave it
+    // parked rather than poll it on every read.
+    if solo() {
         wake_spinner();
     }
+}
+
+/// Two query cycles (a read each way) of one session in a row, with no
+/// other session's read between them: that session is alone on the thread.
+const SOLO_READS: u32 = 4;
+
+/// One session alone on this thread, so spinning pays.
+fn solo() -> bool {
+    BUSY.get() <= 1 && RUN.get() >= SOLO_READS
 }
 
 fn wake_spinner() {
@@ -66,7 +87,7 @@ pub fn session_busy(busy: bool) {
         BUSY.get().saturating_sub(1)
     };
     BUSY.set(now_busy);
-    if !busy && now_busy <= 1 {
+    if !busy && solo() {
         wake_spinner();
     }
 }
@@ -84,6 +105,7 @@ pub async fn spin(budget: Duration) {
 
 struct Spinner {
     budget: Duration,
+    /// `READS` at the last poll, and when it was seen to change.
     seen: u64,
     since: Instant,
 }
@@ -98,7 +120,7 @@ impl Future for Spinner {
             self.seen = reads;
             self.since = now;
         }
-        if BUSY.get() <= 1 && now.duration_since(self.since) < self.budget {
+        if solo() && now.duration_since(self.since) < self.budget {
             std::thread::yield_now();
             // A deferred wake: the runtime polls its I/O driver with a zero
             // timeout, runs whatever became ready, then polls us again.
@@ -119,7 +141,7 @@ mod tests {
     }
 
     #[test]
-    fn spins_after_reads_and_parks_when_idle_or_when_several_sessions_are_busy() {
+    fn spins_after_reads_of_one_session_and_parks_when_idle_or_when_sessions_take_turns() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -129,8 +151,25 @@ mod tests {
             // No reads: it spins out its budget, then parks.
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(parked());
-            // A read wakes it and it spins again.
-            note_read();
+            // Reads of one session wake it once that session is alone.
+            for _ in 0..SOLO_READS - 1 {
+                note_read(1);
+                assert!(parked());
+            }
+            note_read(1);
+            assert!(!parked());
+            tokio::task::yield_now().await;
+            assert!(!parked());
+            // Another session's read: it parks while sessions take turns.
+            note_read(2);
+            tokio::task::yield_now().await;
+            assert!(parked());
+            note_read(1);
+            assert!(parked());
+            // One session alone again: spinning resumes.
+            for _ in 0..SOLO_READS {
+                note_read(1);
+            }
             assert!(!parked());
             tokio::task::yield_now().await;
             assert!(!parked());
@@ -139,7 +178,7 @@ mod tests {
             session_busy(true);
             tokio::task::yield_now().await;
             assert!(parked());
-            note_read();
+            note_read(1);
             assert!(parked());
             // Back to one busy session: spinning resumes.
             session_busy(false);

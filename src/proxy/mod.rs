@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod client_error;
 pub mod codec;
 pub mod cycle;
+pub mod cycle_sink;
 pub mod handshake;
 pub mod identify;
 pub mod relay;
@@ -26,7 +27,9 @@ use dynabase_actors::{shared_limits::SharedLimits, tenant::TenantRegistry};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use self::{cancel::CancelKeys, cycle::CycleSink, sessions::SessionTable, threads::SessionThreads};
+use self::{
+    cancel::CancelKeys, cycle_sink::CycleSink, sessions::SessionTable, threads::SessionThreads,
+};
 
 /// Proxy timings and TLS policy, from configuration.
 #[derive(Debug, Clone)]

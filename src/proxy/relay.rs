@@ -35,7 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::{
     client_error::rate_limited,
     codec::scanner::{Piece, Scanner, MAX_PREFIX},
-    cycle::{client_prefix_len, server_prefix_len, CycleSink, CycleTracker},
+    cycle::{client_prefix_len, server_prefix_len, CycleTracker},
+    cycle_sink::CycleSink,
     sessions::{SessionInfo, SessionState},
 };
 
@@ -106,7 +107,6 @@ impl AdaptiveBuf {
             self.bytes.truncate(n.max(MIN_BUF));
             self.bytes.shrink_to_fit();
         }
-        super::busy_poll::note_read();
         Poll::Ready(Ok(n))
     }
 
@@ -294,6 +294,7 @@ where
     };
     loop {
         let n = buf.read_from(client).await.map_err(Side::Client)?;
+        super::busy_poll::note_read(observer.info.id);
         if n == 0 {
             return Ok(());
         }
@@ -512,6 +513,9 @@ where
             buf.poll_read_from(server, cx).map(Some)
         })
         .await;
+        if read.is_some() {
+            super::busy_poll::note_read(observer.info.id);
+        }
         let Some(n) = read else {
             let mut answers = Vec::new();
             shared

@@ -51,8 +51,8 @@ pub struct BookConfig {
     pub retry_max: Duration,
 }
 
-/// Cycles the proxy folded together because the channel was full: same
-/// session labels, statement kind and window.
+/// Cycles the proxy folded together: same session labels, statement kind
+/// and window.
 #[derive(Debug, Clone)]
 pub struct FoldedCycles {
     pub session: Arc<SessionLabels>,

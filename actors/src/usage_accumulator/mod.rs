@@ -46,12 +46,13 @@ const NAME: &str = "usage_accumulator";
 /// retried under the same keys).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Cycles observed by the proxy since the last batch.
+/// Individual cycles, one by one (for callers that do not fold).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct CycleBatch(pub Vec<CycleEvent>);
 
-/// Cycles the proxy aggregated itself because the channel was full.
+/// Cycles already summed per session, kind and window: how the proxy
+/// delivers them.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct FoldedBatch(pub Vec<FoldedCycles>);
