@@ -37,7 +37,7 @@ const MAX_FOLDED: usize = 65_536;
 /// Keyed by the address of the session's labels (kept alive by the value,
 /// so the address is not reused while the entry exists): folding a cycle
 /// allocates nothing once its entry exists.
-type Totals = HashMap<(usize, StatementKind, i64), FoldedCycles>;
+type Totals = HashMap<(usize, StatementKind, i64), FoldedCycles, foldhash::fast::RandomState>;
 
 /// The recording side; cheap to clone.
 #[derive(Clone)]
