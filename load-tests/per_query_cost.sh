@@ -161,7 +161,7 @@ PY
 {
     echo "## Per-transaction cost: proxy vs PgBouncer"
     echo
-    echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') with \`${DYNABASE__PROXY__WORKER_THREADS:+DYNABASE__PROXY__WORKER_THREADS=$DYNABASE__PROXY__WORKER_THREADS }${DYNABASE__PROXY__BUSY_POLL:+DYNABASE__PROXY__BUSY_POLL=$DYNABASE__PROXY__BUSY_POLL }TXNS=$TXNS STRACE_TXNS=$STRACE_TXNS load-tests/per_query_cost.sh\`."
+    echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') with \`${DYNABASE__PROXY__WORKER_THREADS:+DYNABASE__PROXY__WORKER_THREADS=$DYNABASE__PROXY__WORKER_THREADS }${DYNABASE__PROXY__BUSY_POLL:+DYNABASE__PROXY__BUSY_POLL=$DYNABASE__PROXY__BUSY_POLL }$([[ "$MODES" != "simple prepared" ]] && echo "MODES=\"$MODES\" ")$([[ "$CLIENTS" != "1 8" ]] && echo "CLIENTS=\"$CLIENTS\" ")TXNS=$TXNS STRACE_TXNS=$STRACE_TXNS load-tests/per_query_cost.sh\`."
     echo
     echo "pgbench -n -S (one SELECT per transaction: one query cycle) through each target; the target"
     echo "process's CPU time (all threads, /proc/PID/task/*/schedstat) and context switches"
