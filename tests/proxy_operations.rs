@@ -412,6 +412,27 @@ async fn unknown_or_missing_organizations_are_refused_with_28000() {
     );
     assert!(err.message().contains(&missing), "{}", err.message());
 
+    // Asked again at once: answered from the remembered miss, not the store.
+    let err = connect_error(&conninfo(&server, &format!("app.{missing}"), "app", None)).await;
+    assert_eq!(err.code().code(), "28000");
+    let metrics = common::client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("dynabase_unknown_org_cache_hits_total 1"),
+        "{metrics}"
+    );
+    // Created now: known at once, not after the miss expires (the upstream
+    // is unreachable, so the refusal is 08006 rather than 28000).
+    create_org(&server, &missing, "free", "127.0.0.1:1").await;
+    let err = connect_error(&conninfo(&server, &format!("app.{missing}"), "app", None)).await;
+    assert_eq!(err.code().code(), "08006", "{}", err.message());
+
     let err = connect_error(&conninfo(&server, "app.Not_An_Org", "app", None)).await;
     assert_eq!(err.code().code(), "28000");
     assert!(

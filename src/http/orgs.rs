@@ -29,6 +29,8 @@ pub async fn create(
     let req = org_body::create_org(&body)?;
     let org = org_admin::create(state.store.as_ref(), req, UnixMillis::now()).await?;
     ::metrics::counter!("dynabase_orgs_created_total").increment(1);
+    // Replicas that recently refused this name as unknown learn it exists.
+    state.actors.tenants.organization_changed(org.clone());
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/admin/orgs/{}", org.id)))
         .json(org))

@@ -7,8 +7,9 @@
 //! invalidation channel, and from a periodic re-verification (`refresh`).
 
 pub mod refresh;
+pub mod unknown;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use actix::{Addr, Arbiter, ArbiterHandle, Supervisor};
 use dashmap::DashMap;
@@ -40,7 +41,10 @@ pub struct TenantRegistry {
     freshness: Arc<refresh::Freshness>,
     /// One cold lookup per organization at a time: concurrent first
     /// connections wait for it instead of all reading the cache and store.
+    /// An entry lives only while a lookup runs or is waited for.
     loading: Arc<DashMap<OrgId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Organizations recently found missing.
+    unknown: Arc<unknown::UnknownOrgs>,
     /// Tenant actors run here, whichever thread asks for them.
     arbiter: ArbiterHandle,
     shared: Option<SharedPolicy>,
@@ -56,6 +60,7 @@ impl TenantRegistry {
             lookup: Arc::new(TierLookup::new(store, Arc::new(NoTierCache))),
             freshness: Arc::default(),
             loading: Arc::default(),
+            unknown: Arc::default(),
             arbiter: Arbiter::current(),
             shared: None,
         }
@@ -105,8 +110,27 @@ impl TenantRegistry {
         &self,
         id: &OrgId,
     ) -> Result<Option<(Addr<ConnectionActor>, Layer)>, RegistryError> {
+        if self.unknown.contains(id, Instant::now()) {
+            metrics::counter!("dynabase_unknown_org_cache_hits_total").increment(1);
+            return Ok(None);
+        }
         let gate = self.loading.entry(id.clone()).or_default().clone();
-        let _loading = gate.lock().await;
+        let started = {
+            let _loading = gate.lock().await;
+            self.load_and_start(id).await
+        };
+        // The last one out removes the gate: organization ids come from
+        // clients, and the map must not keep one per name ever tried.
+        self.loading.remove_if(id, |_, g| {
+            Arc::ptr_eq(g, &gate) && Arc::strong_count(g) == 2
+        });
+        started
+    }
+
+    async fn load_and_start(
+        &self,
+        id: &OrgId,
+    ) -> Result<Option<(Addr<ConnectionActor>, Layer)>, RegistryError> {
         // Started by a concurrent caller while this one waited.
         if let Some(addr) = self.actors.get(id) {
             if addr.connected() {
@@ -116,6 +140,10 @@ impl TenantRegistry {
         }
         let generation = self.freshness.generation();
         let Some((org, layer)) = self.lookup.load(id).await? else {
+            // Unless it was created while the lookup ran.
+            if self.freshness.generation() == generation {
+                self.unknown.remember(id, Instant::now());
+            }
             return Ok(None);
         };
         self.freshness.verified(&org, UnixMillis::now());
@@ -150,6 +178,12 @@ impl TenantRegistry {
         self.invalidate_in_background(org.id);
     }
 
+    /// Organizations being looked up right now (for tests: the map of
+    /// lookups in progress must not grow with every name ever tried).
+    pub fn lookups_in_progress(&self) -> usize {
+        self.loading.len()
+    }
+
     /// Number of tenant actors started.
     pub fn len(&self) -> usize {
         self.actors.len()
@@ -167,4 +201,50 @@ fn start(
     shared: Option<SharedPolicy>,
 ) -> Addr<ConnectionActor> {
     Supervisor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(org, catalog, shared))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{organization::Upstream, tier::Tier},
+        memory_store::MemoryStore,
+        usage_accumulator::tests::catalog,
+    };
+
+    fn organization(id: &str) -> Organization {
+        Organization {
+            id: OrgId::parse(id).expect("org id"),
+            name: id.into(),
+            tier: Tier::Free,
+            upstream: Upstream::parse("127.0.0.1:5432").expect("upstream"),
+            stripe_customer_id: None,
+            stripe_subscription_id: None,
+            pending_tier_change: None,
+            created_at: UnixMillis(0),
+            updated_at: UnixMillis(0),
+            lifecycle: Default::default(),
+        }
+    }
+
+    #[actix::test]
+    async fn a_missing_organization_is_remembered_briefly_and_forgotten_when_created() {
+        let store = Arc::new(MemoryStore::default());
+        let registry = TenantRegistry::new(store.clone(), catalog());
+        let acme = OrgId::parse("acme").expect("org id");
+
+        assert!(registry.tenant(&acme).await.expect("lookup").is_none());
+        assert_eq!(registry.lookups_in_progress(), 0, "no gate left behind");
+
+        // Written behind the registry's back: the remembered miss answers,
+        // without reading the store again.
+        let org = organization("acme");
+        store.create_org(&org).await.expect("create");
+        assert!(registry.tenant(&acme).await.expect("lookup").is_none());
+
+        // Created through this replica (or announced by another): known at once.
+        registry.organization_changed(org);
+        assert!(registry.tenant(&acme).await.expect("lookup").is_some());
+        assert_eq!(registry.lookups_in_progress(), 0);
+    }
 }

@@ -142,7 +142,11 @@ impl TenantRegistry {
     /// change); a record the store just returned, or that this replica just
     /// wrote, is `authoritative` and always applied.
     pub(super) fn apply(&self, org: Organization, now: UnixMillis, authoritative: bool) {
+        self.unknown.forget(&org.id);
         if authoritative {
+            // A lookup in flight may have read the store before this change
+            // (for a new organization: found nothing); it must not be kept.
+            self.freshness.generation.fetch_add(1, Ordering::AcqRel);
             self.freshness.verified_authoritative(&org, now);
         } else if self.freshness.accepts(&org) {
             self.freshness.verified(&org, now);
@@ -225,6 +229,8 @@ impl TenantRegistry {
     /// stale until a later verification succeeds.
     pub async fn reload(&self, id: &OrgId) -> Result<bool, StoreError> {
         self.freshness.generation.fetch_add(1, Ordering::AcqRel);
+        // It may have just been created.
+        self.unknown.forget(id);
         if !self.actors.contains_key(id) {
             return Ok(false);
         }
@@ -259,6 +265,7 @@ impl TenantRegistry {
     /// Reloads every running actor from the store (after the announcement
     /// channel reconnects, announcements may have been missed).
     pub async fn reload_all(&self) -> RefreshReport {
+        self.unknown.clear();
         let ids: Vec<OrgId> = self.actors.iter().map(|e| e.key().clone()).collect();
         let checked = ids.len();
         let failed = stream::iter(ids)
