@@ -415,14 +415,7 @@ async fn unknown_or_missing_organizations_are_refused_with_28000() {
     // Asked again at once: answered from the remembered miss, not the store.
     let err = connect_error(&conninfo(&server, &format!("app.{missing}"), "app", None)).await;
     assert_eq!(err.code().code(), "28000");
-    let metrics = common::client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("dynabase_unknown_org_cache_hits_total 1"),
         "{metrics}"

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{client, Server};
+use common::Server;
 use futures_util::future::join_all;
 use tokio_postgres::{error::SqlState, Client, NoTls};
 
@@ -87,14 +87,7 @@ async fn wait_for_replicas(servers: &[Server], n: usize) {
     let deadline = Instant::now() + Duration::from_secs(15);
     for s in servers {
         loop {
-            let text = client()
-                .get(s.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = s.metrics().await;
             let seen = text
                 .lines()
                 .find_map(|l| l.strip_prefix("dynabase_replicas "))
@@ -295,14 +288,7 @@ fn free_port() -> u16 {
 }
 
 async fn degraded(server: &Server) -> bool {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     text.lines()
         .any(|l| l.trim() == "dynabase_redis_degraded 1")
 }

@@ -321,14 +321,7 @@ async fn with_redis_stopped_admissions_read_the_store() {
     assert_eq!(org["tier"], "starter");
     let c = connect(&server, "moved").await.expect("admitted");
     c.simple_query("select 1").await.expect("query");
-    let metrics = common::client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("dynabase_tier_cache_errors_total"),
         "cache errors are counted"
@@ -400,14 +393,7 @@ async fn with_the_store_stopped_cached_tiers_keep_admitting() {
     .await;
     assert_ne!(body["store"], "ok", "{body}");
     assert!(body["tiers"]["stale_since"].is_i64(), "{body}");
-    let metrics = common::client()
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics().await;
     let stale = metrics
         .lines()
         .find(|l| l.starts_with("dynabase_tier_stale_tenants "))

@@ -123,6 +123,18 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The Prometheus text from `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// Waits up to 10 s for a stdout line starting with `prefix`; returns
     /// the rest of that line.
     pub fn wait_for_line(&self, prefix: &str) -> Option<String> {
