@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{client, Server, ADMIN_TOKEN};
+use common::{admin_get, client, Server, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -39,15 +39,7 @@ async fn admin_routes_need_the_bearer_token() {
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     // Nothing was created by the refused request.
-    let list: Value = http
-        .get(server.url("/admin/orgs"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, list) = admin_get(&server, "/admin/orgs").await;
     assert_eq!(list, json!([]));
 
     // Health, readiness and metrics stay open for probes and scrapers.
@@ -83,27 +75,11 @@ async fn organizations_are_created_read_listed_and_updated() {
         .unwrap();
     assert_eq!(patched.status(), StatusCode::OK);
 
-    let shown: Value = http
-        .get(server.url("/admin/orgs/acme"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, shown) = admin_get(&server, "/admin/orgs/acme").await;
     assert_eq!(shown["tier"], "pro");
     assert_eq!(shown["name"], "Acme");
 
-    let list: Value = http
-        .get(server.url("/admin/orgs"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, list) = admin_get(&server, "/admin/orgs").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
 }
 

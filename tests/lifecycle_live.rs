@@ -8,9 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
+    admin_get,
     stripe::{
-        admin_get, create_org, deliver, now_secs, subscription_event, tick, wait_for_org, Sub,
-        STARTER_PRICE,
+        create_org, deliver, now_secs, subscription_event, tick, wait_for_org, Sub, STARTER_PRICE,
     },
     Server,
 };

@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{
+    admin_get, admin_send,
     stripe::{
-        admin_get, admin_send, create_org, deliver, invoice_event, now_secs, post, sign,
-        subscription_event, tick, wait_for_event, wait_for_org, Sub, PRO_PRICE, SECRET,
-        STARTER_PRICE,
+        create_org, deliver, invoice_event, now_secs, post, sign, subscription_event, tick,
+        wait_for_event, wait_for_org, Sub, PRO_PRICE, SECRET, STARTER_PRICE,
     },
     Server,
 };

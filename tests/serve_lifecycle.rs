@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, command, Server, ADMIN_TOKEN};
+use common::{admin_get, client, command, Server, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -31,15 +31,7 @@ async fn an_organization_survives_a_restart_and_sigterm_exits_cleanly() {
     assert!(status.success(), "SIGTERM exit status: {status:?}");
 
     let again = Server::start(dir.path(), &[]);
-    let org: Value = http
-        .get(again.url("/admin/orgs/acme"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, org) = admin_get(&again, "/admin/orgs/acme").await;
     assert_eq!(org["tier"], "starter");
 }
 
@@ -146,15 +138,7 @@ async fn serves_from_mongodb_and_checks_redis_when_configured() {
 
     // A second process on the same database sees it.
     let again = Server::start(dir.path(), &env);
-    let org: Value = http
-        .get(again.url("/admin/orgs/mongo-org"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, org) = admin_get(&again, "/admin/orgs/mongo-org").await;
     assert_eq!(org["tier"], "pro");
 }
 

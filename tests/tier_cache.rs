@@ -16,10 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{
-    stripe::{admin_get, admin_send, create_org},
-    Server,
-};
+use common::{admin_get, admin_send, stripe::create_org, Server};
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{json, Value};

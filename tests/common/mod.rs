@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// A running `dynabase serve`.
@@ -217,4 +219,34 @@ pub fn require_service(var: &str, default: &str) -> Option<String> {
     }
     eprintln!("SKIP: {var} ({url}) is not reachable; run scripts/services.sh start");
     None
+}
+
+/// GETs an admin path as JSON.
+pub async fn admin_get(server: &Server, path: &str) -> (u16, Value) {
+    let r = client()
+        .get(server.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends an admin request with a JSON body.
+pub async fn admin_send(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let r = client()
+        .request(method, server.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("admin request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
 }

@@ -12,7 +12,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{client, Server, ADMIN_TOKEN};
+use super::{admin_get, admin_send, client, Server};
 
 pub const SECRET: &str = "whsec_test_7Yq2mVp9LcX4rTz8Bn3Kd6Wf";
 /// Prices the test servers map to tiers (see [`env`]).
@@ -124,36 +124,6 @@ pub async fn deliver(server: &Server, payload: &str) -> Value {
     let r = post(server, payload, Some(&sign(payload, SECRET, now_secs()))).await;
     assert_eq!(r.status(), 200, "delivery refused");
     r.json().await.expect("JSON answer")
-}
-
-/// GETs an admin path as JSON.
-pub async fn admin_get(server: &Server, path: &str) -> (u16, Value) {
-    let r = client()
-        .get(server.url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Sends an admin request with a JSON body.
-pub async fn admin_send(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    let r = client()
-        .request(method, server.url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .expect("admin request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// Creates an organization; `customer` links it to a Stripe customer.
