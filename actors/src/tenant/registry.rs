@@ -42,7 +42,7 @@ pub struct TenantRegistry {
     /// One cold lookup per organization at a time: concurrent first
     /// connections wait for it instead of all reading the cache and store.
     /// An entry lives only while a lookup runs or is waited for.
-    loading: Arc<DashMap<OrgId, Arc<tokio::sync::Mutex<()>>>>,
+    loading: Arc<LookupGates>,
     /// Organizations recently found missing.
     unknown: Arc<unknown::UnknownOrgs>,
     /// Tenant actors run here, whichever thread asks for them.
@@ -114,17 +114,13 @@ impl TenantRegistry {
             metrics::counter!("dynabase_unknown_org_cache_hits_total").increment(1);
             return Ok(None);
         }
-        let gate = self.loading.entry(id.clone()).or_default().clone();
-        let started = {
-            let _loading = gate.lock().await;
-            self.load_and_start(id).await
+        let gate = GateRelease {
+            loading: &self.loading,
+            id,
+            gate: self.loading.entry(id.clone()).or_default().clone(),
         };
-        // The last one out removes the gate: organization ids come from
-        // clients, and the map must not keep one per name ever tried.
-        self.loading.remove_if(id, |_, g| {
-            Arc::ptr_eq(g, &gate) && Arc::strong_count(g) == 2
-        });
-        started
+        let _loading = gate.gate.lock().await;
+        self.load_and_start(id).await
     }
 
     async fn load_and_start(
@@ -191,6 +187,26 @@ impl TenantRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.actors.is_empty()
+    }
+}
+
+type LookupGates = DashMap<OrgId, Arc<tokio::sync::Mutex<()>>>;
+
+/// One caller's use of an organization's lookup gate. The last one out
+/// (done or cancelled) removes the gate: organization ids come from
+/// clients, and the map must not keep one per name ever tried.
+struct GateRelease<'a> {
+    loading: &'a LookupGates,
+    id: &'a OrgId,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for GateRelease<'_> {
+    fn drop(&mut self) {
+        // Two references: the map's and this one.
+        self.loading.remove_if(self.id, |_, g| {
+            Arc::ptr_eq(g, &self.gate) && Arc::strong_count(g) == 2
+        });
     }
 }
 
