@@ -219,6 +219,7 @@ pub async fn run(
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let threads = Arc::new(SessionThreads::start(
         settings.proxy.worker_threads,
+        settings.proxy.pack_sessions,
         settings.proxy.busy_poll,
     )?);
     let proxy_task = tokio::spawn(proxy::run(

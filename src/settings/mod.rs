@@ -83,6 +83,10 @@ pub struct ProxySettings {
     pub port: u16,
     /// Session threads, each with its own single-threaded runtime (≥ 1).
     pub worker_threads: usize,
+    /// A new session goes to the first thread with fewer live sessions than
+    /// this; when every thread has this many, to the least-loaded one
+    /// (zero: always the least-loaded).
+    pub pack_sessions: usize,
     /// How long an idle session thread keeps polling for I/O after the
     /// last relayed read before it sleeps (zero: sleep at once).
     pub busy_poll: Duration,

@@ -36,6 +36,7 @@ pub struct RawProxy {
     pub host: String,
     pub port: i64,
     pub worker_threads: i64,
+    pub pack_sessions: i64,
     pub busy_poll: String,
     pub handshake_timeout: String,
     pub auth_timeout: String,

@@ -212,6 +212,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n => n as usize,
         },
+        pack_sessions: c.count("proxy.pack_sessions", raw.proxy.pack_sessions, 0) as usize,
         busy_poll: {
             let d = c.duration("proxy.busy_poll", &raw.proxy.busy_poll);
             // Spinning longer than a slow query's round trip only burns CPU.
