@@ -105,6 +105,26 @@ pub struct Organization {
 }
 
 #[cfg(test)]
+impl Organization {
+    /// A fresh organization on `tier` whose upstream is the local
+    /// PostgreSQL, for tests in this crate.
+    pub(crate) fn for_test(id: &str, tier: Tier) -> Self {
+        Self {
+            id: OrgId::parse(id).expect("org id"),
+            name: id.into(),
+            tier,
+            upstream: Upstream::parse("127.0.0.1:5432").expect("upstream"),
+            stripe_customer_id: None,
+            stripe_subscription_id: None,
+            pending_tier_change: None,
+            created_at: UnixMillis(0),
+            updated_at: UnixMillis(0),
+            lifecycle: LifecycleState::default(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

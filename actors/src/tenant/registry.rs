@@ -222,26 +222,7 @@ fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        domain::{organization::Upstream, tier::Tier},
-        memory_store::MemoryStore,
-        usage_accumulator::tests::catalog,
-    };
-
-    fn organization(id: &str) -> Organization {
-        Organization {
-            id: OrgId::parse(id).expect("org id"),
-            name: id.into(),
-            tier: Tier::Free,
-            upstream: Upstream::parse("127.0.0.1:5432").expect("upstream"),
-            stripe_customer_id: None,
-            stripe_subscription_id: None,
-            pending_tier_change: None,
-            created_at: UnixMillis(0),
-            updated_at: UnixMillis(0),
-            lifecycle: Default::default(),
-        }
-    }
+    use crate::{domain::tier::Tier, memory_store::MemoryStore, usage_accumulator::tests::catalog};
 
     #[actix::test]
     async fn a_missing_organization_is_remembered_briefly_and_forgotten_when_created() {
@@ -254,7 +235,7 @@ mod tests {
 
         // Written behind the registry's back: the remembered miss answers,
         // without reading the store again.
-        let org = organization("acme");
+        let org = Organization::for_test("acme", Tier::Free);
         store.create_org(&org).await.expect("create");
         assert!(registry.tenant(&acme).await.expect("lookup").is_none());
 

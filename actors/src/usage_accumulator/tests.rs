@@ -12,7 +12,7 @@ use crate::{
         catalog::{SessionSettings, TierLimits, UsageFactor, UsageFactors},
         cycle::{SessionLabels, StatementKind},
         org_id::OrgId,
-        organization::{Organization, Upstream},
+        organization::Organization,
         records::{Period, UsageRecord},
         tier::Tier,
     },
@@ -214,18 +214,7 @@ fn a_full_buffer_keeps_usage_aggregating_and_failures_back_off() {
 
 async fn org(store: &MemoryStore, id: &str, tier: Tier) {
     store
-        .create_org(&Organization {
-            id: OrgId::parse(id).unwrap(),
-            name: id.into(),
-            tier,
-            upstream: Upstream::parse("127.0.0.1:5432").unwrap(),
-            stripe_customer_id: None,
-            stripe_subscription_id: None,
-            pending_tier_change: None,
-            created_at: UnixMillis(0),
-            updated_at: UnixMillis(0),
-            lifecycle: Default::default(),
-        })
+        .create_org(&Organization::for_test(id, tier))
         .await
         .unwrap();
 }
