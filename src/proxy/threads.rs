@@ -241,9 +241,7 @@ mod tests {
         let threads =
             SessionThreads::start(2, 3, Duration::from_micros(50)).expect("threads start");
         let mut releases = Vec::new();
-        let mut expected = vec![vec![1, 0], vec![2, 0], vec![3, 0], vec![3, 1], vec![3, 2]];
-        expected.reverse();
-        while let Some(live) = expected.pop() {
+        for live in [[1, 0], [2, 0], [3, 0], [3, 1], [3, 2]] {
             let (release, released) = oneshot::channel::<()>();
             releases.push(release);
             threads.spawn(move || async move {

@@ -111,7 +111,7 @@ impl TenantRegistry {
         id: &OrgId,
     ) -> Result<Option<(Addr<ConnectionActor>, Layer)>, RegistryError> {
         if self.unknown.contains(id, Instant::now()) {
-            metrics::counter!("dynabase_unknown_org_cache_hits_total").increment(1);
+            self.lookup.hit_unknown();
             return Ok(None);
         }
         let gate = GateRelease {

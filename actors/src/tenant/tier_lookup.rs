@@ -43,6 +43,7 @@ impl Layer {
 /// look metrics up by name on every connection.
 struct LookupMetrics {
     process_hits: Counter,
+    unknown_hits: Counter,
     cache_hits: Counter,
     cache_misses: Counter,
     cache_errors: Counter,
@@ -57,6 +58,7 @@ impl LookupMetrics {
         const SECONDS: &str = "dynabase_tier_lookup_seconds";
         Self {
             process_hits: metrics::counter!(LOOKUPS, "layer" => "process"),
+            unknown_hits: metrics::counter!("dynabase_unknown_org_cache_hits_total"),
             cache_hits: metrics::counter!(LOOKUPS, "layer" => cache_kind),
             cache_misses: metrics::counter!("dynabase_tier_cache_misses_total", "cache" => cache_kind),
             cache_errors: metrics::counter!("dynabase_tier_cache_errors_total", "cache" => cache_kind),
@@ -96,6 +98,11 @@ impl TierLookup {
     #[inline]
     pub fn hit_process(&self) {
         self.metrics.process_hits.increment(1);
+    }
+
+    /// Counts a lookup answered by the memory of recent misses.
+    pub fn hit_unknown(&self) {
+        self.metrics.unknown_hits.increment(1);
     }
 
     /// Cold path: the cache, then the store; a record read from the store is
