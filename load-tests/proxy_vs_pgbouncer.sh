@@ -5,8 +5,8 @@
 #   load-tests/proxy_vs_pgbouncer.sh
 #
 # Environment:
-#   DURATION   seconds per pgbench run            (default 10)
-#   ROUNDS     runs per target per point; median  (default 3)
+#   DURATION   seconds per pgbench run            (default 6)
+#   ROUNDS     runs per target per point; median  (default 5)
 #   MODES      pgbench query modes                (default "simple prepared")
 #   CLIENTS    client counts                      (default "1 8 32")
 #   SCALE      pgbench scale of database `bench`  (default 10)
@@ -29,9 +29,16 @@
 # target/release/dynabase. Everything it starts (PgBouncer, dynabase) lives in
 # a temporary directory and is stopped on exit.
 #
-# Each measurement point (mode, clients) runs direct → pgbouncer → proxy, and
-# that set (a round) is repeated ROUNDS times, so slow drifts in machine load
-# hit the three targets alike. The table shows the median of the rounds.
+# Each measurement point (mode, clients) runs the three targets one after the
+# other (a round), ROUNDS times. Odd rounds run direct → pgbouncer → proxy,
+# even rounds proxy → pgbouncer → direct, so a drift in machine speed during
+# a point favours neither middleman. The comparisons are paired: a round gives
+# its own proxy/pgbouncer TPS ratio and its own latencies added over direct,
+# and the table shows the medians of those per-round figures (the TPS columns
+# are the medians of each target's runs, for scale). On this kind of shared
+# VM consecutive 10 s runs of the same target differ by up to 20 %, so
+# comparing runs far apart in time (median against median) measures the
+# machine more than the middlemen.
 #
 # On a shared machine someone else's build can halve TPS for a run. Each run
 # therefore records "foreign CPU": the machine's busy CPU time (incl. steal)
@@ -44,8 +51,8 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DURATION="${DURATION:-10}"
-ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-6}"
+ROUNDS="${ROUNDS:-5}"
 MODES="${MODES:-simple prepared}"
 CLIENTS="${CLIENTS:-1 8 32}"
 SCALE="${SCALE:-10}"
@@ -170,7 +177,9 @@ for mode in $MODES; do
         clean=0
         for ((r = 1; clean < ROUNDS && r <= MAX_ROUNDS; r++)); do
             worst=0
-            for t in direct pgbouncer proxy; do
+            order="direct pgbouncer proxy"
+            ((r % 2 == 1)) || order="proxy pgbouncer direct"
+            for t in $order; do
                 out="$WORK/run-$mode-$c-$t-$r.log"
                 wait_quiet "$QUIET_PCT" "$QUIET_WAIT" >/dev/null
                 run_pgbench "$t" "$mode" "$c" "$DURATION" "$out"
@@ -206,19 +215,21 @@ for r in rows:
 med = statistics.median
 targets = ("direct", "pgbouncer", "proxy")
 out = []
-out.append("| mode | clients | direct TPS | pgbouncer TPS | proxy TPS | proxy/pgbouncer | pgbouncer added latency vs direct (µs) | proxy added latency vs direct (µs) | rounds used |")
+out.append("| mode | clients | direct TPS | pgbouncer TPS | proxy TPS | proxy/pgbouncer (paired) | pgbouncer added latency vs direct (µs) | proxy added latency vs direct (µs) | rounds used |")
 out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 verdicts = []
 for key in points:
     all_rounds = runs[key]
-    clean = [r for r, d in all_rounds.items() if len(d) == 3 and max(v[2] for v in d.values()) <= quiet]
-    used = clean if clean else sorted(all_rounds)
+    complete = [r for r, d in sorted(all_rounds.items()) if len(d) == 3]
+    clean = [r for r in complete if max(v[2] for v in all_rounds[r].values()) <= quiet]
+    used = clean if clean else complete
     note = f"{len(used)} of {len(all_rounds)}" + ("" if clean else " (none clean: all used)")
     t = {k: med(all_rounds[r][k][0] for r in used) for k in targets}
-    l = {k: med(all_rounds[r][k][1] for r in used) for k in targets}
-    ratio = t["proxy"] / t["pgbouncer"]
-    add_b = (l["pgbouncer"] - l["direct"]) * 1000
-    add_p = (l["proxy"] - l["direct"]) * 1000
+    # Paired: each round against itself, then the median over rounds.
+    ratio = med(all_rounds[r]["proxy"][0] / all_rounds[r]["pgbouncer"][0] for r in used)
+    added = {k: med((all_rounds[r][k][1] - all_rounds[r]["direct"][1]) * 1000 for r in used)
+             for k in ("pgbouncer", "proxy")}
+    add_b, add_p = added["pgbouncer"], added["proxy"]
     out.append(f"| {key[0]} | {key[1]} | {t['direct']:,.0f} | {t['pgbouncer']:,.0f} | {t['proxy']:,.0f} | {ratio:.2f} | {add_b:+.0f} | {add_p:+.0f} | {note} |")
     verdicts.append(f"- {key[0]}, {key[1]} client(s): proxy TPS ≥ PgBouncer TPS: **{'met' if ratio >= 1 else 'NOT met'}** ({ratio:.2f}×)")
     if key[1] == 1:
@@ -229,17 +240,18 @@ print("Targets:")
 print()
 print("\n".join(verdicts))
 print()
-print("All rounds: TPS per round in run order (each round runs direct → pgbouncer → proxy); in")
-print("brackets the foreign CPU during the run (other processes' share of the machine, incl. steal);")
-print(f"~~struck~~ rounds had a run above {quiet}% and were not used.")
+print("All rounds: TPS per round; odd rounds ran direct → pgbouncer → proxy, even rounds the")
+print("reverse. In brackets the foreign CPU during the run (other processes' share of the machine,")
+print(f"incl. steal); ~~struck~~ rounds had a run above {quiet}% and were not used.")
 print()
-print("| mode | clients | round | direct | pgbouncer | proxy |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| mode | clients | round | direct | pgbouncer | proxy | proxy/pgbouncer |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for key in points:
     for r, d in sorted(runs[key].items()):
         ok = len(d) == 3 and max(v[2] for v in d.values()) <= quiet
         cell = lambda k: (f"{d[k][0]:,.0f} ({d[k][2]}%)" if k in d else "–")
         cells = [cell(k) for k in targets]
+        cells.append(f"{d['proxy'][0] / d['pgbouncer'][0]:.2f}" if "proxy" in d and "pgbouncer" in d else "–")
         if not ok:
             cells = [f"~~{c}~~" for c in cells]
         print(f"| {key[0]} | {key[1]} | {r} | " + " | ".join(cells) + " |")
@@ -258,9 +270,10 @@ PY
     echo "no TLS. PgBouncer $(pgbouncer_version): session mode, default_pool_size 100."
     echo "Proxy: release build, $PROXY_CONFIG, org tier enterprise."
     echo "Build: $(build_note)."
-    echo "Median of $ROUNDS interleaved clean rounds per point (foreign CPU ≤ $QUIET_PCT % in each run; see below)."
-    echo "Added latency = (latency average − direct latency average) × 1000,"
-    echo "from pgbench's \`latency average\` (printed with 1 µs resolution)."
+    echo "$ROUNDS clean rounds per point (foreign CPU ≤ $QUIET_PCT % in each run; see below), the order of"
+    echo "the targets reversed every other round. proxy/pgbouncer is the median of the rounds' own ratios;"
+    echo "added latency is the median of the rounds' (latency average − direct latency average) × 1000,"
+    echo "from pgbench's \`latency average\` (printed with 1 µs resolution). TPS columns: median per target."
     echo
     echo "Machine: $MACHINE, at end: $LOAD_END. pgbench, PostgreSQL, PgBouncer and the proxy share these cores, so"
     echo "absolute numbers are low and a proxy's CPU use shows up directly as lost throughput."
