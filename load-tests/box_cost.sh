@@ -36,13 +36,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-9}"
 SCALE="${SCALE:-10}"
 WRITE_RESULTS="${WRITE_RESULTS:-1}"
-PG_HOST=127.0.0.1
-PG_PORT="${DYNABASE_TEST_PG_PORT:-5432}"
-ROLE="${DYNABASE_TEST_PG_TRUST_USER:-trust_user}"
-DB=bench
-ORG=bench
-export PGSSLMODE=disable
-unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
+bench_settings
 
 ((DURATION >= 5)) || die "DURATION must be at least 5 (the window is the run minus 1.5 s at each end)"
 require_tools pgbench psql /usr/sbin/pgbouncer python3 curl
@@ -52,10 +46,7 @@ make_workdir box-cost
 trap 'finish_run $?' EXIT
 trap 'exit 130' INT TERM
 
-ensure_bench_db "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" "$SCALE"
-start_pgbouncer "$WORK/pgbouncer" "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" 1000 100
-start_proxy "$WORK/dynabase"
-create_org "$ORG" enterprise "$PG_HOST:$PG_PORT"
+start_bench_targets
 
 COMMAND="load-tests/box_cost.sh"
 [[ "$MODES" != simple ]] && COMMAND="MODES=\"$MODES\" $COMMAND"

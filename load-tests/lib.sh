@@ -309,3 +309,26 @@ PY
 listener_pid() {
     ss -Hltnp "sport = :$1" 2>/dev/null | sed -nE 's/.*pid=([0-9]+).*/\1/p' | head -1
 }
+
+# The shared PostgreSQL and the `bench` database the pgbench scripts use:
+# PG_HOST, PG_PORT, ROLE (trust authentication), DB and ORG. No TLS anywhere,
+# so every target gets the same wire, and no PG* variable leaks into pgbench.
+bench_settings() {
+    PG_HOST=127.0.0.1
+    PG_PORT="${DYNABASE_TEST_PG_PORT:-5432}"
+    ROLE="${DYNABASE_TEST_PG_TRUST_USER:-trust_user}"
+    DB=bench
+    ORG=bench
+    export PGSSLMODE=disable
+    unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
+}
+
+# After bench_settings and make_workdir: the bench database (pgbench scale
+# $SCALE), PgBouncer in session mode and the proxy with org $ORG (enterprise)
+# in front of it.
+start_bench_targets() {
+    ensure_bench_db "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" "$SCALE"
+    start_pgbouncer "$WORK/pgbouncer" "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" 1000 100
+    start_proxy "$WORK/dynabase"
+    create_org "$ORG" enterprise "$PG_HOST:$PG_PORT"
+}

@@ -35,13 +35,7 @@ MODES="${MODES:-simple prepared}"
 CLIENTS="${CLIENTS:-1 8}"
 SCALE="${SCALE:-10}"
 WRITE_RESULTS="${WRITE_RESULTS:-1}"
-PG_HOST=127.0.0.1
-PG_PORT="${DYNABASE_TEST_PG_PORT:-5432}"
-ROLE="${DYNABASE_TEST_PG_TRUST_USER:-trust_user}"
-DB=bench
-ORG=bench
-export PGSSLMODE=disable
-unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
+bench_settings
 
 require_tools pgbench psql strace python3 curl
 port_open "$PG_HOST" "$PG_PORT" || die "no PostgreSQL on $PG_HOST:$PG_PORT (scripts/services.sh start)"
@@ -50,10 +44,7 @@ make_workdir per-query-cost
 trap 'finish_run $?' EXIT
 trap 'exit 130' INT TERM
 
-ensure_bench_db "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" "$SCALE"
-start_pgbouncer "$WORK/pgbouncer" "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" 1000 100
-start_proxy "$WORK/dynabase"
-create_org "$ORG" enterprise "$PG_HOST:$PG_PORT"
+start_bench_targets
 
 target_conn() {
     case "$1" in

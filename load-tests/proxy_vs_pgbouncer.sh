@@ -63,14 +63,7 @@ QUIET_PCT="${QUIET_PCT:-10}"
 QUIET_WAIT="${QUIET_WAIT:-20}"
 MAX_ROUNDS="${MAX_ROUNDS:-$((2 * ROUNDS))}"
 
-PG_HOST=127.0.0.1
-PG_PORT="${DYNABASE_TEST_PG_PORT:-5432}"
-ROLE="${DYNABASE_TEST_PG_TRUST_USER:-trust_user}"
-DB=bench
-ORG=bench
-# The same wire for all three targets: no TLS anywhere.
-export PGSSLMODE=disable
-unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
+bench_settings
 
 require_tools pgbench psql /usr/sbin/pgbouncer python3 curl
 port_open "$PG_HOST" "$PG_PORT" || die "no PostgreSQL on $PG_HOST:$PG_PORT (scripts/services.sh start)"
@@ -79,12 +72,7 @@ make_workdir proxy-vs-pgbouncer
 trap 'finish_run $?' EXIT
 trap 'exit 130' INT TERM
 
-ensure_bench_db "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" "$SCALE"
-start_pgbouncer "$WORK/pgbouncer" "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" 1000 100
-
-# --- dynabase proxy --------------------------------------------------------------
-start_proxy "$WORK/dynabase"
-create_org "$ORG" enterprise "$PG_HOST:$PG_PORT"
+start_bench_targets
 
 # target -> "host port user"
 target_conn() {

@@ -35,14 +35,8 @@ ROUNDS="${ROUNDS:-8}"
 DURATION="${DURATION:-5}"
 SCALE="${SCALE:-10}"
 WRITE_RESULTS="${WRITE_RESULTS:-1}"
-PG_HOST=127.0.0.1
-PG_PORT="${DYNABASE_TEST_PG_PORT:-5432}"
-ROLE="${DYNABASE_TEST_PG_TRUST_USER:-trust_user}"
-DB=bench
-ORG=bench
+bench_settings
 RELAY_BIN="$REPO_ROOT/target/release/relay_floor"
-export PGSSLMODE=disable
-unset PGPASSWORD PGUSER PGDATABASE PGHOST PGPORT
 
 require_tools pgbench psql /usr/sbin/pgbouncer python3 curl
 [[ -x "$RELAY_BIN" ]] || die "no $RELAY_BIN (cargo build --release -p dynabase-load-tests --bin relay_floor)"
@@ -58,10 +52,7 @@ stop_relays() {
     stop_pid "$MIO_PID" 2
 }
 
-ensure_bench_db "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" "$SCALE"
-start_pgbouncer "$WORK/pgbouncer" "$PG_HOST" "$PG_PORT" "$ROLE" "$DB" 1000 100
-start_proxy "$WORK/dynabase"
-create_org "$ORG" enterprise "$PG_HOST:$PG_PORT"
+start_bench_targets
 TOKIO_PORT="$(free_port)"
 "$RELAY_BIN" tokio "$TOKIO_PORT" "$PG_HOST:$PG_PORT" >"$WORK/relay-tokio.log" 2>&1 &
 TOKIO_PID=$!
