@@ -51,6 +51,9 @@ pub struct Listeners {
 /// the shutdown deadline: unwritten usage is unbilled usage.
 const MIN_FLUSH_TIME: Duration = Duration::from_secs(3);
 
+/// How often histogram samples are folded (the exporter's own default).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("embedded store: {0}")]
@@ -174,7 +177,8 @@ pub async fn run(
         )),
         _ => None,
     };
-    let lifecycle_tasks = [
+    let background_tasks = [
+        tokio::spawn(metrics_upkeep(metrics.clone())),
         tokio::spawn(tick_lifecycle(
             actors.clone(),
             settings.schedule.tick_interval,
@@ -290,10 +294,22 @@ pub async fn run(
     usage_feed.shutdown(flush_deadline).await;
     let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
     server_task.abort();
-    for task in lifecycle_tasks {
+    for task in background_tasks {
         task.abort();
     }
     Ok(())
+}
+
+/// Folds the recorder's histogram samples into their summaries on a timer.
+/// A scrape does that too, but without one the samples pile up: a replica
+/// nobody scraped grew by about 20 bytes per query cycle.
+async fn metrics_upkeep(metrics: PrometheusHandle) {
+    let mut ticks = tokio::time::interval(METRICS_UPKEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        metrics.run_upkeep();
+    }
 }
 
 /// Runs the lifecycle scheduler on the wall clock: at start (pending work
