@@ -1,7 +1,8 @@
 //! Operating sessions through the proxy against real PostgreSQL: query
 //! cancellation with the proxy's own keys (and none across tenants), the
-//! admin session routes, refusals for unknown organizations and unreachable
-//! upstreams, and an upstream PostgreSQL that stops and restarts.
+//! admin session routes, the proxy's metrics by tier, refusals for unknown
+//! organizations and unreachable upstreams, and an upstream PostgreSQL that
+//! stops and restarts.
 
 mod common;
 
@@ -359,6 +360,57 @@ async fn admin_routes_list_sessions_and_terminate_them() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn metrics_count_admissions_connections_and_query_cycles_by_tier() {
+    let Some(pg) = pg::pg_service() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (_org, info) = org_with_trust_user(&server, &pg, "metrics", "starter").await;
+    let s = connect(&info).await;
+    for i in 0..3 {
+        s.client.simple_query(&format!("select {i}")).await.unwrap();
+    }
+    // Cycles are tallied on the session's thread and published a moment later.
+    let expected = [
+        "dynabase_proxy_admissions_total{tier=\"starter\"} 1",
+        "dynabase_proxy_active_connections{tier=\"starter\"} 1",
+        "dynabase_proxy_handshake_seconds_count{tier=\"starter\"} 1",
+        "dynabase_proxy_query_cycles_total{tier=\"starter\"} 3",
+        "dynabase_proxy_query_cycle_seconds_count{tier=\"starter\"} 3",
+    ];
+    let metrics = eventually(
+        Duration::from_secs(5),
+        "cycle metrics published",
+        || async {
+            let text = server.metrics().await;
+            expected
+                .iter()
+                .all(|line| text.lines().any(|l| l == *line))
+                .then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dynabase_proxy_query_cycle_seconds{tier=\"starter\",quantile=")),
+        "{metrics}"
+    );
+
+    drop(s);
+    eventually(
+        Duration::from_secs(5),
+        "the connection gauge drops",
+        || async {
+            let text = server.metrics().await;
+            text.lines()
+                .any(|l| l == "dynabase_proxy_active_connections{tier=\"starter\"} 0")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod client_error;
 pub mod codec;
 pub mod cycle;
+pub mod cycle_metrics;
 pub mod cycle_sink;
 pub mod handshake;
 pub mod identify;

@@ -29,6 +29,7 @@ use std::{
 use dynabase_actors::{
     domain::cycle::{CycleEvent, SessionLabels},
     tenant::{GateVerdict, SharedGate},
+    Tier,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -64,8 +65,8 @@ pub struct RelayObserver {
     pub sink: CycleSink,
     pub gate: SharedGate,
     pub max_queue_delay: Duration,
-    pub cycles_total: metrics::Counter,
-    pub cycle_seconds: metrics::Histogram,
+    /// The session's tier, for the query-cycle metrics.
+    pub tier: Tier,
     pub delayed_total: metrics::Counter,
     pub refused_total: metrics::Counter,
     pub decision_seconds: metrics::Histogram,
@@ -548,8 +549,7 @@ where
                         side.status = m.prefix.first().copied().unwrap_or(b'I');
                         if let Some((kind, started, duration)) = t.ready_for_query(now) {
                             observer.info.add_cycle();
-                            observer.cycles_total.increment(1);
-                            observer.cycle_seconds.record(duration.as_secs_f64());
+                            super::cycle_metrics::record(observer.tier, duration);
                             observer.sink.record(CycleEvent {
                                 session: observer.labels.clone(),
                                 kind,

@@ -6,7 +6,8 @@
 //! wake-ups and cross-CPU hand-offs; one runtime per thread keeps a
 //! session's reads, writes and wake-ups on one thread, as PgBouncer does
 //! with its single event loop. It also lets an idle thread busy-poll its own
-//! driver ([`super::busy_poll`]).
+//! driver ([`super::busy_poll`]) and tally query-cycle metrics for a task on
+//! it to publish ([`super::cycle_metrics`]).
 //!
 //! Connections are accepted elsewhere (one listener) and handed to the
 //! first thread with fewer than `pack` live sessions, or, once every thread
@@ -29,7 +30,7 @@ use std::{
 
 use tokio::{runtime::Handle, sync::oneshot};
 
-use super::busy_poll;
+use super::{busy_poll, cycle_metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ThreadsError {
@@ -81,11 +82,14 @@ impl SessionThreads {
                     if !busy_poll.is_zero() {
                         runtime.spawn(busy_poll::spin(busy_poll));
                     }
+                    runtime.spawn(cycle_metrics::publish());
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
                     // Dropping the runtime cancels what is left; by now the
                     // sessions have ended or been terminated.
+                    drop(runtime);
+                    cycle_metrics::publish_now();
                 })
                 .map_err(start)?;
             workers.push(Worker {
