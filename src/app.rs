@@ -225,6 +225,7 @@ pub async fn run(
         settings.proxy.worker_threads,
         settings.proxy.pack_sessions,
         settings.proxy.busy_poll,
+        settings.proxy.event_loop,
     )?);
     let proxy_task = tokio::spawn(proxy::run(
         proxy_listener,

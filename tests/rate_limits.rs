@@ -237,3 +237,52 @@ async fn an_upgrade_raises_the_limit_of_an_open_session() {
         "20 at once fit STARTER's burst"
     );
 }
+
+#[tokio::test]
+async fn a_downgrade_limits_an_open_session_that_had_no_limit() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), STRICT);
+    common::pg::create_org(&server, "shrink", "enterprise", &pg).await;
+    let c = connect(&server, "shrink").await;
+    let before = join_all((0..20).map(|_| c.query_one("select 1", &[]))).await;
+    assert!(before.iter().all(Result::is_ok), "ENTERPRISE has no limit");
+    // A transaction open across the change must carry on.
+    c.batch_execute("begin; set local work_mem = '7MB'")
+        .await
+        .expect("begin");
+
+    let r = client()
+        .patch(server.url("/admin/orgs/shrink"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(r#"{"tier":"free"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The same session now runs at FREE's 1/s (burst 1).
+    let mut refused = 0;
+    for _ in 0..50 {
+        let after = join_all((0..5).map(|_| c.query_one("select 1", &[]))).await;
+        refused = after
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(is_rate_limited))
+            .count();
+        if refused >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused >= 4, "FREE at 1/s refuses most of 5 at once");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // One cycle (a prepared query would take two).
+    let rows = c.simple_query("show work_mem").await.expect("show");
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("7MB"), "still in the transaction");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.batch_execute("rollback").await.expect("rollback");
+}

@@ -68,7 +68,7 @@ pub fn note_read(reader: u64) {
 const SOLO_READS: u32 = 4;
 
 /// One session alone on this thread, so spinning pays.
-fn solo() -> bool {
+pub fn solo() -> bool {
     BUSY.get() <= 1 && RUN.get() >= SOLO_READS
 }
 

@@ -36,8 +36,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::{
     client_error::rate_limited,
     codec::scanner::{Piece, Scanner, MAX_PREFIX},
-    cycle::{client_prefix_len, server_prefix_len, CycleTracker},
+    cycle::CycleTracker,
     cycle_sink::CycleSink,
+    relay_state::{starts_cycle, RelayState},
     sessions::{SessionInfo, SessionState},
 };
 
@@ -130,17 +131,23 @@ struct Shared {
 }
 
 impl Shared {
-    /// Records whether a cycle is in flight: for the admin API, and for
-    /// busy polling, which only pays off while few sessions are busy.
     fn set_active(&self, observer: &RelayObserver, active: bool) {
         if self.active.swap(active, Ordering::Relaxed) != active {
-            observer.info.set_state(if active {
-                SessionState::Active
-            } else {
-                SessionState::Idle
-            });
-            super::busy_poll::session_busy(active);
+            observer.session_active(active);
         }
+    }
+}
+
+impl RelayObserver {
+    /// A cycle is now in flight, or none is: for the admin API, and for
+    /// busy polling, which only pays off while few sessions are busy.
+    pub(super) fn session_active(&self, active: bool) {
+        self.info.set_state(if active {
+            SessionState::Active
+        } else {
+            SessionState::Idle
+        });
+        super::busy_poll::session_busy(active);
     }
 }
 
@@ -157,15 +164,15 @@ fn codec_to_io(e: super::codec::CodecError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-/// Relays until either side closes or the session is terminated.
-/// `status` is the transaction status of the handshake's ReadyForQuery.
+/// Relays until either side closes or the session is terminated, starting
+/// from `state` (`RelayState::new` for a session just authenticated).
 pub async fn relay<CR, CW, SR, SW>(
     client_read: &mut CR,
     client_write: &mut CW,
     server_read: &mut SR,
     server_write: &mut SW,
     observer: &RelayObserver,
-    status: u8,
+    state: RelayState,
 ) -> RelayEnd
 where
     CR: AsyncRead + Unpin,
@@ -173,21 +180,32 @@ where
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
+    let active = state.tracker.in_flight() > 0;
+    if active {
+        super::busy_poll::session_busy(true);
+    }
     let shared = Shared {
-        tracker: Mutex::new(CycleTracker::default()),
+        tracker: Mutex::new(state.tracker),
         refusal_ready: AtomicBool::new(false),
         task: Mutex::new(None),
-        active: AtomicBool::new(false),
+        active: AtomicBool::new(active),
     };
     let mut server_side = ServerSide {
-        scanner: Scanner::new(server_prefix_len),
+        scanner: state.server_scanner,
         writing: false,
-        status,
+        status: state.status,
+    };
+    let client_side = ClientSide {
+        in_batch: state.in_batch,
+        dropping: None,
+        keep: true,
     };
     let end = {
         let mut from_client = pin!(client_to_server(
             client_read,
             server_write,
+            state.client_scanner,
+            client_side,
             &shared,
             observer
         ));
@@ -195,6 +213,7 @@ where
             server_read,
             client_write,
             &mut server_side,
+            state.to_client,
             &shared,
             observer,
         ));
@@ -265,7 +284,6 @@ enum Step {
 }
 
 /// Client-side cycle state across chunks.
-#[derive(Default)]
 struct ClientSide {
     /// Inside an extended-protocol batch (since its first message, until Sync).
     in_batch: bool,
@@ -278,6 +296,8 @@ struct ClientSide {
 async fn client_to_server<R, W>(
     client: &mut R,
     server: &mut W,
+    mut scanner: Scanner,
+    mut state: ClientSide,
     shared: &Shared,
     observer: &RelayObserver,
 ) -> Result<(), Side>
@@ -285,14 +305,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut scanner = Scanner::new(client_prefix_len);
     let mut buf = AdaptiveBuf::new();
     let mut steps: Vec<Step> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
-    let mut state = ClientSide {
-        keep: true,
-        ..ClientSide::default()
-    };
     loop {
         let n = buf.read_from(client).await.map_err(Side::Client)?;
         super::busy_poll::note_read(observer.info.id);
@@ -312,7 +327,7 @@ where
                 scanner
                     .walk(chunk, |piece| match piece {
                         Piece::Header { tag, .. } => {
-                            starts_cycle(tag, &mut state);
+                            starts_cycle(tag, &mut state.in_batch);
                             state.keep = true;
                         }
                         Piece::Prefix(m) => t.client_message(m.tag, m.prefix, now),
@@ -356,7 +371,7 @@ where
         for step in steps.drain(..) {
             match step {
                 Step::Header { tag, bytes } => {
-                    if starts_cycle(tag, &mut state) {
+                    if starts_cycle(tag, &mut state.in_batch) {
                         // Messages already allowed go out before any wait.
                         flush(server, &mut out).await?;
                         state.keep = admit(observer)
@@ -402,19 +417,6 @@ where
             }
         }
         flush(server, &mut out).await?;
-    }
-}
-
-/// Whether a message with `tag` starts a new query cycle; tracks batches.
-fn starts_cycle(tag: u8, state: &mut ClientSide) -> bool {
-    match tag {
-        b'Q' | b'F' => true,
-        b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => !std::mem::replace(&mut state.in_batch, true),
-        b'S' => {
-            state.in_batch = false;
-            false
-        }
-        _ => false,
     }
 }
 
@@ -492,6 +494,7 @@ async fn server_to_client<R, W>(
     server: &mut R,
     client: &mut W,
     side: &mut ServerSide,
+    unsent: Vec<u8>,
     shared: &Shared,
     observer: &RelayObserver,
 ) -> Result<(), Side>
@@ -499,6 +502,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    if !unsent.is_empty() {
+        write(client, side, &unsent).await?;
+    }
     let mut buf = AdaptiveBuf::new();
     // Refusal answers to splice in after a ReadyForQuery: (offset, bytes).
     let mut splices: Vec<(usize, Vec<u8>)> = Vec::new();

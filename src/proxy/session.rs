@@ -29,7 +29,7 @@ use super::{
     codec::startup::StartupMessage,
     handshake::{self, HandshakeError, Opening},
     identify::{identify, Identity},
-    relay::{relay, RelayEnd, RelayObserver},
+    relay::RelayObserver,
     sessions::SessionState,
     stream::ClientStream,
     upstream::{self, AuthError},
@@ -300,55 +300,11 @@ async fn session(
         refused_total: metrics::counter!("dynabase_rate_limit_refused_total", "tier" => tier),
         decision_seconds: metrics::histogram!("dynabase_rate_limit_decision_seconds"),
     };
-    let mut server = upstream.server;
-    let (mut sr, mut sw) = server.split();
-    let end = match &mut stream {
-        ClientStream::Plain(tcp) => {
-            let (mut cr, mut cw) = tcp.split();
-            let end = relay(
-                &mut cr,
-                &mut cw,
-                &mut sr,
-                &mut sw,
-                &observer,
-                upstream.status,
-            )
-            .await;
-            finish(&end, &mut cw).await;
-            end
-        }
-        ClientStream::Tls(tls) => {
-            let (mut cr, mut cw) = tokio::io::split(tls.as_mut());
-            let end = relay(
-                &mut cr,
-                &mut cw,
-                &mut sr,
-                &mut sw,
-                &observer,
-                upstream.status,
-            )
-            .await;
-            finish(&end, &mut cw).await;
-            end
-        }
-    };
+    let end = super::session_relay::run(stream, upstream.server, observer, upstream.status).await;
     tracing::debug!(org = %identity.org, ?end, "session ended");
     drop(upstream.key);
     drop(lease);
     Ok(())
-}
-
-/// After an operator's termination, tell the client why when the stream is
-/// at a message boundary (otherwise just close).
-async fn finish<W: AsyncWrite + Unpin>(end: &RelayEnd, client: &mut W) {
-    if let RelayEnd::Terminated { at_boundary } = end {
-        if *at_boundary {
-            let mut out = Vec::new();
-            ClientError::AdminShutdown.write_fatal(&mut out);
-            let _ = client.write_all(&out).await;
-        }
-        let _ = client.shutdown().await;
-    }
 }
 
 /// The StartupMessage sent upstream: the client's parameters with the role

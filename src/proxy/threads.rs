@@ -30,12 +30,17 @@ use std::{
 
 use tokio::{runtime::Handle, sync::oneshot};
 
-use super::{busy_poll, cycle_metrics};
+use super::{
+    busy_poll, cycle_metrics,
+    event_loop::{EventLoop, EventLoopError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ThreadsError {
     #[error("cannot start proxy session thread {index}: {source}")]
     Start { index: usize, source: io::Error },
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
 }
 
 /// The pool of session threads.
@@ -52,6 +57,8 @@ struct Worker {
     live: Arc<AtomicUsize>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The companion event loop (`proxy-loop-N`), when enabled.
+    event_loop: Option<(EventLoop, Mutex<Option<JoinHandle<()>>>)>,
 }
 
 /// Counts a session as live on its thread until dropped.
@@ -65,11 +72,24 @@ impl Drop for Live {
 
 impl SessionThreads {
     /// Starts `count` (≥ 1) threads named `proxy-N`; see the module docs
-    /// for `pack`.
-    pub fn start(count: usize, pack: usize, busy_poll: Duration) -> Result<Self, ThreadsError> {
+    /// for `pack`. With `event_loops`, each gets a companion event-loop
+    /// thread that its established sessions may move to
+    /// ([`super::event_loop`]).
+    pub fn start(
+        count: usize,
+        pack: usize,
+        busy_poll: Duration,
+        event_loops: bool,
+    ) -> Result<Self, ThreadsError> {
         let mut workers = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
             let start = |source| ThreadsError::Start { index, source };
+            let event_loop = if event_loops {
+                Some(EventLoop::start(format!("proxy-loop-{index}"), busy_poll)?)
+            } else {
+                None
+            };
+            let companion = event_loop.as_ref().map(|(l, _)| l.clone());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -79,6 +99,9 @@ impl SessionThreads {
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-{index}"))
                 .spawn(move || {
+                    if let Some(event_loop) = companion {
+                        event_loop.set_current();
+                    }
                     if !busy_poll.is_zero() {
                         runtime.spawn(busy_poll::spin(busy_poll));
                     }
@@ -97,6 +120,7 @@ impl SessionThreads {
                 live: Arc::new(AtomicUsize::new(0)),
                 stop: Mutex::new(Some(stop)),
                 thread: Mutex::new(Some(thread)),
+                event_loop: event_loop.map(|(l, t)| (l, Mutex::new(Some(t)))),
             });
         }
         Ok(Self {
@@ -164,6 +188,13 @@ impl SessionThreads {
         }
     }
 
+    /// Tells every event loop to stop.
+    fn signal_stop_loops(&self) {
+        for (event_loop, _) in self.workers.iter().filter_map(|w| w.event_loop.as_ref()) {
+            event_loop.stop();
+        }
+    }
+
     /// Stops every thread and waits for it (blocking; call off the async
     /// threads). Sessions still running are dropped, closing their sockets.
     pub fn stop(&self) {
@@ -178,12 +209,21 @@ impl SessionThreads {
                 let _ = thread.join();
             }
         }
+        // After the session threads: their tasks own the sessions' slots.
+        self.signal_stop_loops();
+        for (_, thread) in self.workers.iter().filter_map(|w| w.event_loop.as_ref()) {
+            let thread = thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
 impl Drop for SessionThreads {
     fn drop(&mut self) {
         self.signal_stop();
+        self.signal_stop_loops();
     }
 }
 
@@ -204,7 +244,7 @@ mod tests {
     #[test]
     fn sessions_go_to_the_least_loaded_thread_and_stay_there() {
         let threads =
-            SessionThreads::start(2, 0, Duration::from_micros(50)).expect("threads start");
+            SessionThreads::start(2, 0, Duration::from_micros(50), false).expect("threads start");
         let (names_tx, names) = mpsc::channel();
         let mut releases = Vec::new();
         for _ in 0..4 {
@@ -243,7 +283,7 @@ mod tests {
     #[test]
     fn a_thread_takes_pack_sessions_before_the_next_gets_any() {
         let threads =
-            SessionThreads::start(2, 3, Duration::from_micros(50)).expect("threads start");
+            SessionThreads::start(2, 3, Duration::from_micros(50), false).expect("threads start");
         let mut releases = Vec::new();
         for live in [[1, 0], [2, 0], [3, 0], [3, 1], [3, 2]] {
             let (release, released) = oneshot::channel::<()>();

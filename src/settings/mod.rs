@@ -90,6 +90,9 @@ pub struct ProxySettings {
     /// How long an idle session thread keeps polling for I/O after the
     /// last relayed read before it sleeps (zero: sleep at once).
     pub busy_poll: Duration,
+    /// Relay established plain-TCP sessions of organizations without a QPS
+    /// limit on a readiness loop beside each session thread.
+    pub event_loop: bool,
     pub handshake_timeout: Duration,
     pub auth_timeout: Duration,
     pub connect_timeout: Duration,

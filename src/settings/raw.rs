@@ -38,6 +38,7 @@ pub struct RawProxy {
     pub worker_threads: i64,
     pub pack_sessions: i64,
     pub busy_poll: String,
+    pub event_loop: bool,
     pub handshake_timeout: String,
     pub auth_timeout: String,
     pub connect_timeout: String,

@@ -224,6 +224,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
             }
             d
         },
+        event_loop: raw.proxy.event_loop,
         handshake_timeout: c
             .positive_duration("proxy.handshake_timeout", &raw.proxy.handshake_timeout),
         auth_timeout: c.positive_duration("proxy.auth_timeout", &raw.proxy.auth_timeout),
