@@ -45,8 +45,8 @@ async fn plain(
     observer: RelayObserver,
     state: RelayState,
 ) -> RelayEnd {
-    let Some(event_loop) = event_loop::current().filter(|_| observer.gate.load().is_unlimited())
-    else {
+    let usable = |l: &event_loop::EventLoop| l.is_running() && observer.gate.load().is_unlimited();
+    let Some(event_loop) = event_loop::current().filter(usable) else {
         return on_async_relay(client, server, &observer, state).await;
     };
     let sockets = client

@@ -25,7 +25,10 @@ use std::{
     io,
     net::TcpStream,
     os::fd::AsRawFd,
-    sync::{mpsc, Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex, PoisonError,
+    },
     task::{Context, Wake, Waker},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -86,6 +89,16 @@ enum Command {
 pub struct EventLoop {
     commands: mpsc::Sender<Command>,
     wakes: Arc<Wakes>,
+    running: Arc<AtomicBool>,
+}
+
+/// Marks the loop stopped when its thread ends, panics included.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// What wakes the loop from other threads.
@@ -144,16 +157,28 @@ impl EventLoop {
             terminated: Mutex::new(Vec::new()),
         });
         let (commands, inbox) = mpsc::channel();
-        let handle = Self { commands, wakes };
+        let running = Arc::new(AtomicBool::new(true));
+        let handle = Self {
+            commands,
+            wakes,
+            running: running.clone(),
+        };
         let thread_wakes = handle.wakes.clone();
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                let _running = Running(running);
                 Loop::new(poll, inbox, thread_wakes, busy_poll).run();
                 cycle_metrics::publish_now();
             })
             .map_err(start)?;
         Ok((handle, thread))
+    }
+
+    /// False once the loop has stopped (or, by a bug, panicked): new
+    /// sessions then stay on the async relay.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 
     /// Makes this the current thread's loop (see [`current`]).
