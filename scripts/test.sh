@@ -45,4 +45,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test --workspace $*"
 cargo test --workspace "$@"
 
+# Plain-TCP sessions of organizations without a QPS limit run on the proxy's
+# event loop, the rest on the async relay; most proxy tests use limited tiers,
+# so the proxy suites run a second time with every tier's limit lifted.
+proxy_suites=(--test proxy_clients --test proxy_operations --test proxy_protocol
+    --test proxy_limits --test proxy_shutdown --test usage_attribution)
+step "proxy suites again, every session on the event loop"
+DYNABASE_TEST_RELAY=event_loop cargo test -p dynabase "${proxy_suites[@]}" "$@"
+
 step "all checks passed"

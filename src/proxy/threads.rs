@@ -9,6 +9,10 @@
 //! driver ([`super::busy_poll`]) and tally query-cycle metrics for a task on
 //! it to publish ([`super::cycle_metrics`]).
 //!
+//! With `proxy.event_loop`, each thread also has a companion event-loop
+//! thread ([`super::event_loop`]) that takes over its established sessions
+//! that need no async work; the session's task stays here.
+//!
 //! Connections are accepted elsewhere (one listener) and handed to the
 //! first thread with fewer than `pack` live sessions, or, once every thread
 //! has that many, to the one with the fewest. Packing keeps light load on

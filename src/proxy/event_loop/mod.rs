@@ -235,7 +235,10 @@ struct Loop {
     inbox: mpsc::Receiver<Command>,
     wakes: Arc<Wakes>,
     busy_poll: Duration,
-    slots: Vec<Option<Slot>>,
+    /// Boxed: a slot is several hundred bytes, and a vector of them
+    /// doubling to fit thousands of idle sessions leaves its old copies in
+    /// the resident set.
+    slots: Vec<Option<Box<Slot>>>,
     free: Vec<usize>,
     /// Pairs to step this round, and pairs that ran out of budget.
     ready: Vec<usize>,
@@ -296,8 +299,9 @@ impl Loop {
                 } else {
                     &mut slot.pair.server
                 };
-                socket.readable |=
-                    event.is_readable() || event.is_read_closed() || event.is_error();
+                let closed = event.is_read_closed() || event.is_error();
+                socket.read_closed |= closed;
+                socket.readable |= event.is_readable() || closed;
                 socket.writable |=
                     event.is_writable() || event.is_write_closed() || event.is_error();
                 if !slot.queued {
@@ -402,11 +406,11 @@ impl Loop {
         }
         if let Err(e) = registered {
             tracing::warn!(error = %e, "cannot register session sockets with the event loop");
-            self.slots[index] = Some(Slot {
+            self.slots[index] = Some(Box::new(Slot {
                 pair,
                 done: a.done,
                 queued: false,
-            });
+            }));
             self.release(index, Some(RelayEnd::ClientError(e)));
             return;
         }
@@ -420,11 +424,11 @@ impl Loop {
             .info
             .poll_terminated(&mut Context::from_waker(&waker))
             .is_ready();
-        self.slots[index] = Some(Slot {
+        self.slots[index] = Some(Box::new(Slot {
             pair,
             done: a.done,
             queued: true,
-        });
+        }));
         if terminated {
             self.wakes
                 .terminated

@@ -5,7 +5,9 @@
 //! it may still be read or written; a step reads or writes until the kernel
 //! says `WouldBlock`, and the next event sets the flag again. As tokio does,
 //! a read that returns less than the buffer counts as draining the socket,
-//! which saves an `EAGAIN` read per message.
+//! which saves an `EAGAIN` read per message — except once the peer has
+//! closed its side: its FIN may have come in with the last data, and no
+//! further edge would report it.
 //!
 //! Reads go into the thread's one buffer and are written straight on; only
 //! what the peer would not take is kept with the session, and that side is
@@ -36,6 +38,9 @@ pub struct Socket {
     pub stream: TcpStream,
     pub readable: bool,
     pub writable: bool,
+    /// The peer has shut down its side (or the socket failed): read on
+    /// until the end-of-stream or the error comes out.
+    pub read_closed: bool,
 }
 
 impl Socket {
@@ -46,6 +51,7 @@ impl Socket {
             stream,
             readable: true,
             writable: true,
+            read_closed: false,
         }
     }
 }
@@ -219,7 +225,7 @@ fn read_some(socket: &mut Socket, buf: &mut [u8]) -> io::Result<Option<usize>> {
     loop {
         match socket.stream.read(buf) {
             Ok(n) => {
-                if n < buf.len() {
+                if n < buf.len() && !socket.read_closed {
                     socket.readable = false;
                 }
                 return Ok(Some(n));
