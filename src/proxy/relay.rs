@@ -172,7 +172,7 @@ pub async fn relay<CR, CW, SR, SW>(
     server_read: &mut SR,
     server_write: &mut SW,
     observer: &RelayObserver,
-    state: RelayState,
+    state: Box<RelayState>,
 ) -> RelayEnd
 where
     CR: AsyncRead + Unpin,
@@ -180,23 +180,33 @@ where
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
-    let active = state.tracker.in_flight() > 0;
+    // Boxed and taken apart at once: this future is what an idle session
+    // on the async relay keeps, so the state should live in it only once.
+    let RelayState {
+        client_scanner,
+        in_batch,
+        server_scanner,
+        status,
+        tracker,
+        to_client,
+    } = *state;
+    let active = tracker.in_flight() > 0;
     if active {
         super::busy_poll::session_busy(true);
     }
     let shared = Shared {
-        tracker: Mutex::new(state.tracker),
+        tracker: Mutex::new(tracker),
         refusal_ready: AtomicBool::new(false),
         task: Mutex::new(None),
         active: AtomicBool::new(active),
     };
     let mut server_side = ServerSide {
-        scanner: state.server_scanner,
+        scanner: server_scanner,
         writing: false,
-        status: state.status,
+        status,
     };
     let client_side = ClientSide {
-        in_batch: state.in_batch,
+        in_batch,
         dropping: None,
         keep: true,
     };
@@ -204,7 +214,7 @@ where
         let mut from_client = pin!(client_to_server(
             client_read,
             server_write,
-            state.client_scanner,
+            client_scanner,
             client_side,
             &shared,
             observer
@@ -213,7 +223,7 @@ where
             server_read,
             client_write,
             &mut server_side,
-            state.to_client,
+            to_client,
             &shared,
             observer,
         ));

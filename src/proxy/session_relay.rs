@@ -26,13 +26,26 @@ pub async fn run(
     let state = RelayState::new(status);
     match client {
         ClientStream::Plain(client) => plain(client, server, observer, state).await,
+        // Boxed here and below: an idle session's task is parked in this
+        // future, so it should be no larger than the relay in use needs.
         ClientStream::Tls(mut tls) => {
-            let mut server = server;
-            let (mut sr, mut sw) = server.split();
-            let (mut cr, mut cw) = tokio::io::split(tls.as_mut());
-            let end = relay(&mut cr, &mut cw, &mut sr, &mut sw, &observer, state).await;
-            finish(&end, &mut cw).await;
-            end
+            Box::pin(async move {
+                let mut server = server;
+                let (mut sr, mut sw) = server.split();
+                let (mut cr, mut cw) = tokio::io::split(tls.as_mut());
+                let end = relay(
+                    &mut cr,
+                    &mut cw,
+                    &mut sr,
+                    &mut sw,
+                    &observer,
+                    Box::new(state),
+                )
+                .await;
+                finish(&end, &mut cw).await;
+                end
+            })
+            .await
         }
     }
 }
@@ -47,7 +60,7 @@ async fn plain(
 ) -> RelayEnd {
     let usable = |l: &event_loop::EventLoop| l.is_running() && observer.gate.load().is_unlimited();
     let Some(event_loop) = event_loop::current().filter(usable) else {
-        return on_async_relay(client, server, &observer, state).await;
+        return Box::pin(on_async_relay(client, server, &observer, Box::new(state))).await;
     };
     let sockets = client
         .into_std()
@@ -73,7 +86,7 @@ async fn plain(
             end
         }
         Ended::Limited(state) => match TcpStream::from_std(outcome.server) {
-            Ok(server) => on_async_relay(client, server, &outcome.observer, *state).await,
+            Ok(server) => Box::pin(on_async_relay(client, server, &outcome.observer, state)).await,
             Err(e) => RelayEnd::ServerError(e),
         },
     }
@@ -83,7 +96,7 @@ async fn on_async_relay(
     mut client: TcpStream,
     mut server: TcpStream,
     observer: &RelayObserver,
-    state: RelayState,
+    state: Box<RelayState>,
 ) -> RelayEnd {
     let (mut sr, mut sw) = server.split();
     let (mut cr, mut cw) = client.split();
