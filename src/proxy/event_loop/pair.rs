@@ -285,3 +285,81 @@ fn write_some(socket: &mut Socket, bytes: &[u8]) -> io::Result<usize> {
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Shutdown, TcpListener};
+
+    use super::*;
+
+    /// A connected pair of non-blocking sockets: (ours, the peer's).
+    fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (ours, _) = listener.accept().expect("accept");
+        ours.set_nonblocking(true).expect("non-blocking");
+        (ours, peer)
+    }
+
+    /// Reads until the socket gives something other than `WouldBlock`.
+    fn read_when_ready(socket: &mut Socket, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        for _ in 0..1000 {
+            socket.readable = true;
+            match read_some(socket, buf)? {
+                Some(n) => return Ok(Some(n)),
+                None => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn a_short_read_clears_readable_until_the_peer_has_closed() {
+        let mut buf = [0u8; 64];
+        let (ours, mut peer) = connected();
+        let mut socket = Socket::new(ours);
+        peer.write_all(b"abc").expect("write");
+        assert_eq!(
+            read_when_ready(&mut socket, &mut buf).expect("read"),
+            Some(3)
+        );
+        assert!(!socket.readable, "a short read drains an open socket");
+
+        // Data and FIN together: the end-of-stream must still come out.
+        peer.write_all(b"de").expect("write");
+        peer.shutdown(Shutdown::Write).expect("shutdown");
+        socket.read_closed = true;
+        assert_eq!(
+            read_when_ready(&mut socket, &mut buf).expect("read"),
+            Some(2)
+        );
+        assert!(socket.readable, "a closed peer is read to its end");
+        assert_eq!(read_some(&mut socket, &mut buf).expect("read"), Some(0));
+    }
+
+    #[test]
+    fn what_a_peer_will_not_take_is_kept_and_sent_later() {
+        let (ours, mut peer) = connected();
+        let mut socket = Socket::new(ours);
+        let bytes = vec![7u8; 8 << 20];
+        let mut unsent = Vec::new();
+        send(&mut socket, &bytes, &mut unsent).expect("send");
+        assert!(!unsent.is_empty(), "8 MiB do not fit the socket buffers");
+        assert!(!socket.writable);
+        let mut received = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while received.len() < bytes.len() {
+            socket.writable = true;
+            flush(&mut socket, &mut unsent).expect("flush");
+            peer.set_read_timeout(Some(std::time::Duration::from_millis(10)))
+                .expect("timeout");
+            match peer.read(&mut chunk) {
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        assert!(unsent.is_empty());
+        assert_eq!(received, bytes);
+    }
+}
