@@ -27,7 +27,7 @@ use std::{
 };
 
 use dynabase_actors::{
-    domain::cycle::{CycleEvent, SessionLabels},
+    domain::cycle::{CycleEvent, SessionLabels, StatementKind},
     tenant::{GateVerdict, SharedGate},
     Tier,
 };
@@ -149,6 +149,18 @@ impl RelayObserver {
         });
         super::busy_poll::session_busy(active);
     }
+
+    /// A query cycle ended: counted for the admin API, the metrics and usage.
+    pub(super) fn cycle_finished(&self, kind: StatementKind, started: Instant, duration: Duration) {
+        self.info.add_cycle();
+        super::cycle_metrics::record(self.tier, duration);
+        self.sink.record(CycleEvent {
+            session: self.labels.clone(),
+            kind,
+            started,
+            duration,
+        });
+    }
 }
 
 /// The server side's state, inspected after the relay ends.
@@ -160,7 +172,7 @@ struct ServerSide {
     status: u8,
 }
 
-fn codec_to_io(e: super::codec::CodecError) -> io::Error {
+pub(super) fn codec_to_io(e: super::codec::CodecError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
@@ -564,14 +576,7 @@ where
                     Piece::Prefix(m) if m.tag == b'Z' => {
                         side.status = m.prefix.first().copied().unwrap_or(b'I');
                         if let Some((kind, started, duration)) = t.ready_for_query(now) {
-                            observer.info.add_cycle();
-                            super::cycle_metrics::record(observer.tier, duration);
-                            observer.sink.record(CycleEvent {
-                                session: observer.labels.clone(),
-                                kind,
-                                started,
-                                duration,
-                            });
+                            observer.cycle_finished(kind, started, duration);
                         }
                         let mut answers = Vec::new();
                         if t.take_refusals(&mut answers, side.status) {

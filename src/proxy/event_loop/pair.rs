@@ -20,12 +20,9 @@ use std::{
     time::Instant,
 };
 
-use dynabase_actors::domain::cycle::CycleEvent;
-
 use super::super::{
     codec::{scanner::Piece, CodecError},
-    cycle_metrics,
-    relay::{RelayEnd, RelayObserver},
+    relay::{codec_to_io, RelayEnd, RelayObserver},
     relay_state::{starts_cycle, RelayState},
 };
 
@@ -137,10 +134,8 @@ impl Pair {
                         if let Err(e) = self.scan_server(&buf[..n]) {
                             return Stop::Ended(RelayEnd::ServerError(codec_to_io(e)));
                         }
-                        let mut unsent = std::mem::take(&mut self.state.to_client);
-                        let sent = send(&mut self.client, &buf[..n], &mut unsent);
-                        self.state.to_client = unsent;
-                        if let Err(e) = sent {
+                        if let Err(e) = send(&mut self.client, &buf[..n], &mut self.state.to_client)
+                        {
                             return Stop::Ended(RelayEnd::ClientError(e));
                         }
                     }
@@ -192,14 +187,7 @@ impl Pair {
                 if m.tag == b'Z' {
                     *status = m.prefix.first().copied().unwrap_or(b'I');
                     if let Some((kind, started, duration)) = tracker.ready_for_query(now) {
-                        observer.info.add_cycle();
-                        cycle_metrics::record(observer.tier, duration);
-                        observer.sink.record(CycleEvent {
-                            session: observer.labels.clone(),
-                            kind,
-                            started,
-                            duration,
-                        });
+                        observer.cycle_finished(kind, started, duration);
                     }
                 }
             }
@@ -214,10 +202,6 @@ impl Pair {
             self.observer.session_active(active);
         }
     }
-}
-
-fn codec_to_io(e: CodecError) -> io::Error {
-    io::Error::new(ErrorKind::InvalidData, e.to_string())
 }
 
 /// Reads once; `None` when the socket had nothing (its flag is cleared).
