@@ -6,7 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, Server, ADMIN_TOKEN};
+use common::{
+    client,
+    pg::{query_message, RawSession},
+    Server, ADMIN_TOKEN,
+};
 use futures_util::future::join_all;
 use tokio_postgres::{error::SqlState, Client, NoTls};
 
@@ -285,4 +289,59 @@ async fn a_downgrade_limits_an_open_session_that_had_no_limit() {
     assert_eq!(value.as_deref(), Some("7MB"), "still in the transaction");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     c.batch_execute("rollback").await.expect("rollback");
+}
+
+#[tokio::test]
+async fn the_rest_of_a_refused_query_stays_dropped_when_the_limit_is_lifted() {
+    let Some(pg) = pg() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), STRICT);
+    common::pg::create_org(&server, "split", "free", &pg).await;
+    let mut raw = RawSession::connect(&server.proxy_addr, "trust_user.split", "postgres")
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let first = raw.simple_query("select 1").await.unwrap();
+    assert!(first.is_ok(), "the burst of 1 admits it: {first:?}");
+
+    // The burst is spent: a Query is refused from its header, while the
+    // client is still sending its body.
+    let refused = query_message("select 'the rest of this body is not SQL'");
+    let (head, rest) = refused.split_at(12);
+    raw.send(head).await.unwrap();
+    let answer = raw.read_results().await.unwrap();
+    assert_eq!(
+        answer.as_ref().map_err(|(code, _)| code.as_str()),
+        Err("53400"),
+        "{answer:?}"
+    );
+
+    // ENTERPRISE has no limit; the org's other session shows when it applies.
+    let r = client()
+        .patch(server.url("/admin/orgs/split"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(r#"{"tier":"enterprise"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let other = connect(&server, "split").await;
+    let mut lifted = false;
+    for _ in 0..50 {
+        let burst = join_all((0..20).map(|_| other.query_one("select 1", &[]))).await;
+        if burst.iter().all(Result::is_ok) {
+            lifted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lifted, "the limit is lifted");
+
+    // The refused Query's remaining bytes must not reach PostgreSQL, which
+    // would read them as messages and end the session.
+    let mut tail = rest.to_vec();
+    tail.extend_from_slice(&query_message("select 7"));
+    raw.send(&tail).await.unwrap();
+    let rows = raw.read_results().await.expect("the session is alive");
+    assert_eq!(rows, Ok(vec![Some("7".to_owned())]));
 }

@@ -38,7 +38,7 @@ use super::{
     codec::scanner::{Piece, Scanner, MAX_PREFIX},
     cycle::CycleTracker,
     cycle_sink::CycleSink,
-    relay_state::{starts_cycle, RelayState},
+    relay_state::{follow_client_chunk, starts_cycle, RelayState},
     sessions::{SessionInfo, SessionState},
 };
 
@@ -337,25 +337,24 @@ where
             return Ok(());
         }
         let chunk = buf.filled();
-        if state.dropping.is_none() && observer.gate.load().is_unlimited() {
+        // `keep` is false while the rest of a refused Query or call is
+        // still arriving; those bytes must be dropped, limit or not.
+        if state.keep && state.dropping.is_none() && observer.gate.load().is_unlimited() {
             // Nothing in this chunk can wait or be refused: forward it as
             // it is and only follow the messages.
-            let now = Instant::now();
             let active = {
                 let mut t = shared
                     .tracker
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                scanner
-                    .walk(chunk, |piece| match piece {
-                        Piece::Header { tag, .. } => {
-                            starts_cycle(tag, &mut state.in_batch);
-                            state.keep = true;
-                        }
-                        Piece::Prefix(m) => t.client_message(m.tag, m.prefix, now),
-                        Piece::Body(_) => {}
-                    })
-                    .map_err(|e| Side::Client(codec_to_io(e)))?;
+                follow_client_chunk(
+                    &mut scanner,
+                    &mut state.in_batch,
+                    &mut t,
+                    chunk,
+                    Instant::now(),
+                )
+                .map_err(|e| Side::Client(codec_to_io(e)))?;
                 t.in_flight() > 0
             };
             if active {

@@ -6,8 +6,13 @@
 //! the rest. When a tier change gives such a session a limit, the event loop
 //! hands it back with this state, and the async relay carries on from it.
 
+use std::time::Instant;
+
 use super::{
-    codec::scanner::Scanner,
+    codec::{
+        scanner::{Piece, Scanner},
+        CodecError,
+    },
     cycle::{client_prefix_len, server_prefix_len, CycleTracker},
 };
 
@@ -53,4 +58,23 @@ pub fn starts_cycle(tag: u8, in_batch: &mut bool) -> bool {
         }
         _ => false,
     }
+}
+
+/// Follows a client chunk that is forwarded whole: batch boundaries into
+/// `in_batch`, each message's start into `tracker`. Both relays use it for
+/// sessions that nothing can hold back or refuse.
+pub fn follow_client_chunk(
+    scanner: &mut Scanner,
+    in_batch: &mut bool,
+    tracker: &mut CycleTracker,
+    chunk: &[u8],
+    now: Instant,
+) -> Result<(), CodecError> {
+    scanner.walk(chunk, |piece| match piece {
+        Piece::Header { tag, .. } => {
+            starts_cycle(tag, in_batch);
+        }
+        Piece::Prefix(m) => tracker.client_message(m.tag, m.prefix, now),
+        Piece::Body(_) => {}
+    })
 }

@@ -286,11 +286,18 @@ impl RawSession {
         &mut self,
         sql: &str,
     ) -> std::io::Result<Result<Vec<Option<String>>, RawError>> {
-        let mut msg = vec![b'Q'];
-        msg.extend_from_slice(&i32::try_from(sql.len() + 5).unwrap().to_be_bytes());
-        msg.extend_from_slice(sql.as_bytes());
-        msg.push(0);
-        self.stream.write_all(&msg).await?;
+        self.send(&query_message(sql)).await?;
+        self.read_results().await
+    }
+
+    /// Writes `bytes` as they are: whole messages, or pieces of them.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads one cycle's answer up to ReadyForQuery: the first column of
+    /// each row, or the first ErrorResponse.
+    pub async fn read_results(&mut self) -> std::io::Result<Result<Vec<Option<String>>, RawError>> {
         let mut rows = Vec::new();
         let mut error = None;
         loop {
@@ -339,6 +346,15 @@ pub async fn error_then_close(stream: &mut TcpStream) -> Option<RawError> {
         }
     }
     first
+}
+
+/// A simple-protocol Query message for `sql`.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&i32::try_from(sql.len() + 5).unwrap().to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    msg
 }
 
 fn startup_packet(user: &str, database: &str) -> Vec<u8> {

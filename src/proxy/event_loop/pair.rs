@@ -23,7 +23,7 @@ use std::{
 use super::super::{
     codec::{scanner::Piece, CodecError},
     relay::{codec_to_io, RelayEnd, RelayObserver},
-    relay_state::{starts_cycle, RelayState},
+    relay_state::{follow_client_chunk, RelayState},
 };
 
 /// Reads a pair may do in one step before others get their turn.
@@ -161,17 +161,14 @@ impl Pair {
     }
 
     fn scan_client(&mut self, chunk: &[u8]) -> Result<(), CodecError> {
-        let now = Instant::now();
         let state = &mut self.state;
-        let in_batch = &mut state.in_batch;
-        let tracker = &mut state.tracker;
-        state.client_scanner.walk(chunk, |piece| match piece {
-            Piece::Header { tag, .. } => {
-                starts_cycle(tag, in_batch);
-            }
-            Piece::Prefix(m) => tracker.client_message(m.tag, m.prefix, now),
-            Piece::Body(_) => {}
-        })?;
+        follow_client_chunk(
+            &mut state.client_scanner,
+            &mut state.in_batch,
+            &mut state.tracker,
+            chunk,
+            Instant::now(),
+        )?;
         self.set_active(self.state.tracker.in_flight() > 0);
         Ok(())
     }
