@@ -30,7 +30,7 @@ use super::{
     handshake::{self, HandshakeError, Opening},
     identify::{identify, Identity},
     relay::RelayObserver,
-    sessions::SessionState,
+    sessions::{Registered, SessionState},
     stream::ClientStream,
     upstream::{self, AuthError},
     ProxyContext,
@@ -132,9 +132,10 @@ async fn org_wide_lease(
 pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
+    // Boxed, like `establish` below: only while it runs.
     let opened = tokio::time::timeout(
         ctx.config.handshake_timeout,
-        handshake::open(tcp, ctx.tls.as_ref()),
+        Box::pin(handshake::open(tcp, ctx.tls.as_ref())),
     )
     .await;
     match opened {
@@ -175,14 +176,56 @@ async fn refuse<W: AsyncWrite + Unpin>(mut stream: W, error: &ClientError) {
     let _ = stream.shutdown().await;
 }
 
+/// What an established session keeps. The rest of the handshake's state
+/// (startup parameters, the admission, the upstream parameters) is dropped
+/// before the relay starts, so an idle session holds only this and its relay.
+struct Established {
+    stream: ClientStream,
+    upstream: upstream::Authenticated,
+    observer: RelayObserver,
+    lease: Lease,
+    registered: Registered,
+}
+
 /// The session proper; a refusal comes back with the stream to send it on.
 async fn session(
+    ctx: &ProxyContext,
+    stream: ClientStream,
+    startup: StartupMessage,
+    peer: SocketAddr,
+    accepted: Instant,
+) -> Result<(), (ClientStream, ClientError)> {
+    // Boxed: a task is as large as its largest state, and establishing is
+    // over once the relay starts; the relay is boxed by `run` for the same
+    // reason. This future then keeps little more than `Established`.
+    let Some(Established {
+        stream,
+        upstream,
+        observer,
+        lease,
+        registered,
+    }) = Box::pin(establish(ctx, stream, startup, peer, accepted)).await?
+    else {
+        return Ok(());
+    };
+    let labels = observer.labels.clone();
+    let end = super::session_relay::run(stream, upstream.server, observer, upstream.status).await;
+    tracing::debug!(org = %labels.org, ?end, "session ended");
+    drop(upstream.key);
+    drop(lease);
+    drop(registered);
+    Ok(())
+}
+
+/// From the StartupMessage to an authenticated upstream. `Ok(None)`: the
+/// session already ended and the client has been told (or is gone).
+async fn establish(
     ctx: &ProxyContext,
     mut stream: ClientStream,
     startup: StartupMessage,
     peer: SocketAddr,
     accepted: Instant,
-) -> Result<(), (ClientStream, ClientError)> {
+) -> Result<Option<Established>, (ClientStream, ClientError)> {
     if ctx.config.require_tls && !stream.is_tls() {
         return Err((stream, ClientError::TlsRequired));
     }
@@ -239,7 +282,7 @@ async fn session(
         let mut out = Vec::new();
         super::codec::backend::negotiate_protocol_version(&mut out, &unsupported);
         if stream.write_all(&out).await.is_err() {
-            return Ok(());
+            return Ok(None);
         }
     }
 
@@ -273,11 +316,11 @@ async fn session(
         Ok(Err(AuthError::Client(e))) => return Err((stream, e)),
         Ok(Err(AuthError::Relayed)) => {
             refused("upstream_auth");
-            return Ok(());
+            return Ok(None);
         }
         Ok(Err(e)) => {
             tracing::info!(org = %identity.org, error = %e, "session ended during authentication");
-            return Ok(());
+            return Ok(None);
         }
         Ok(Ok(a)) => a,
     };
@@ -300,11 +343,13 @@ async fn session(
         refused_total: metrics::counter!("dynabase_rate_limit_refused_total", "tier" => tier),
         decision_seconds: metrics::histogram!("dynabase_rate_limit_decision_seconds"),
     };
-    let end = super::session_relay::run(stream, upstream.server, observer, upstream.status).await;
-    tracing::debug!(org = %identity.org, ?end, "session ended");
-    drop(upstream.key);
-    drop(lease);
-    Ok(())
+    Ok(Some(Established {
+        stream,
+        upstream,
+        observer,
+        lease,
+        registered,
+    }))
 }
 
 /// The StartupMessage sent upstream: the client's parameters with the role

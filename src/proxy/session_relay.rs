@@ -2,6 +2,8 @@
 //! the session can use it ([`super::event_loop`]), else on the async relay
 //! ([`super::relay`]); then tells a terminated client why.
 
+use std::{future::Future, pin::Pin};
+
 use tokio::{
     io::{AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -17,51 +19,51 @@ use super::{
 
 /// Relays `client` ↔ `server` until either closes or the session is
 /// terminated; `status` is from the handshake's ReadyForQuery.
-pub async fn run(
+///
+/// The relay is chosen here and returned boxed, sized for the one relay in
+/// use: an idle session's task keeps this future for its whole life.
+pub fn run(
     client: ClientStream,
     server: TcpStream,
     observer: RelayObserver,
     status: u8,
-) -> RelayEnd {
-    let state = RelayState::new(status);
+) -> Pin<Box<dyn Future<Output = RelayEnd> + Send>> {
+    // Boxed so that no relay's future holds it inline as well.
+    let state = Box::new(RelayState::new(status));
     match client {
-        ClientStream::Plain(client) => plain(client, server, observer, state).await,
-        // Boxed here and below: an idle session's task is parked in this
-        // future, so it should be no larger than the relay in use needs.
-        ClientStream::Tls(mut tls) => {
-            Box::pin(async move {
-                let mut server = server;
-                let (mut sr, mut sw) = server.split();
-                let (mut cr, mut cw) = tokio::io::split(tls.as_mut());
-                let end = relay(
-                    &mut cr,
-                    &mut cw,
-                    &mut sr,
-                    &mut sw,
-                    &observer,
-                    Box::new(state),
-                )
-                .await;
-                finish(&end, &mut cw).await;
-                end
-            })
-            .await
+        ClientStream::Plain(client) => {
+            let usable =
+                |l: &event_loop::EventLoop| l.is_running() && observer.gate.load().is_unlimited();
+            match event_loop::current().filter(usable) {
+                Some(event_loop) => {
+                    Box::pin(on_event_loop(event_loop, client, server, observer, state))
+                }
+                None => {
+                    Box::pin(async move { on_async_relay(client, server, &observer, state).await })
+                }
+            }
         }
+        ClientStream::Tls(mut tls) => Box::pin(async move {
+            let mut server = server;
+            let (mut sr, mut sw) = server.split();
+            let (mut cr, mut cw) = tokio::io::split(tls.as_mut());
+            let end = relay(&mut cr, &mut cw, &mut sr, &mut sw, &observer, state).await;
+            finish(&end, &mut cw).await;
+            end
+        }),
     }
 }
 
-/// A plain-TCP session: on this thread's event loop while its organization
-/// has no QPS limit, on the async relay otherwise.
-async fn plain(
+/// A plain-TCP session of an organization with no QPS limit: on this
+/// thread's event loop until a tier change gives it one, then on the async
+/// relay.
+async fn on_event_loop(
+    event_loop: event_loop::EventLoop,
     client: TcpStream,
     server: TcpStream,
     observer: RelayObserver,
-    state: RelayState,
+    state: Box<RelayState>,
 ) -> RelayEnd {
-    let usable = |l: &event_loop::EventLoop| l.is_running() && observer.gate.load().is_unlimited();
-    let Some(event_loop) = event_loop::current().filter(usable) else {
-        return Box::pin(on_async_relay(client, server, &observer, Box::new(state))).await;
-    };
     let sockets = client
         .into_std()
         .map_err(RelayEnd::ClientError)
@@ -70,7 +72,7 @@ async fn plain(
         Ok(sockets) => sockets,
         Err(end) => return end,
     };
-    let Ok(outcome) = event_loop.adopt(client, server, observer, state).await else {
+    let Ok(outcome) = event_loop.adopt(client, server, observer, *state).await else {
         // The loop stopped (shutdown) and closed the sockets.
         return RelayEnd::Terminated { at_boundary: false };
     };
@@ -85,6 +87,7 @@ async fn plain(
             finish(&end, &mut client).await;
             end
         }
+        // Boxed: while on the loop this future should stay small.
         Ended::Limited(state) => match TcpStream::from_std(outcome.server) {
             Ok(server) => Box::pin(on_async_relay(client, server, &outcome.observer, state)).await,
             Err(e) => RelayEnd::ServerError(e),
