@@ -12,6 +12,10 @@
 #                  N/ORG_CONNS orgs (bench1, bench2, ...) share the load
 #                  (default 500)
 #   WRITE_RESULTS  1 = replace the section in RESULTS.md (default 1)
+#   SECTION        name of that section (default idle_memory)
+#   DYNABASE__PROXY__EVENT_LOOP  passed to the proxy; false measures the
+#                  async relay (TLS and rate-limited organizations); noted
+#                  in the report when set
 #
 # The shared PostgreSQL (max_connections=300) cannot take N backends and must
 # not be restarted, so this script runs a throwaway PostgreSQL 15 of its own:
@@ -31,6 +35,7 @@ N="${N:-1000}"
 STEPS="${STEPS:-4}"
 WITH_PGBOUNCER="${WITH_PGBOUNCER:-1}"
 WRITE_RESULTS="${WRITE_RESULTS:-1}"
+SECTION="${SECTION:-idle_memory}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 ROLE=trust_user
 ORG_CONNS="${ORG_CONNS:-500}"
@@ -109,6 +114,10 @@ fi
 MACHINE="$(machine_note "at end")"
 STARTED="$(date -u '+%Y-%m-%d %H:%M UTC')"
 COMMAND="N=$N load-tests/idle_memory.sh"
+[[ "$SECTION" == idle_memory ]] || COMMAND="SECTION=$SECTION $COMMAND"
+[[ -z "${DYNABASE__PROXY__EVENT_LOOP:-}" ]] || COMMAND="DYNABASE__PROXY__EVENT_LOOP=$DYNABASE__PROXY__EVENT_LOOP $COMMAND"
+RELAY="the event loop (default)"
+[[ "${DYNABASE__PROXY__EVENT_LOOP:-true}" == true ]] || RELAY="the async relay (proxy.event_loop = false)"
 REPORT="$WORK/report.md"
 python3 - "$WORK" "$N" >"$WORK/tables.md" <<'PY'
 import json, os, sys
@@ -141,13 +150,13 @@ proxy = [r for r in rows if r[0] == "proxy"][0]
 print(f"Target ≤ 16 KiB per idle connection: **{'met' if proxy[3] <= 16 else 'NOT met'}** ({proxy[3]:.1f} KiB).")
 PY
 {
-    echo "## Idle connection memory"
+    if [[ "$SECTION" == idle_memory ]]; then echo "## Idle connection memory"; else echo "## Idle connection memory: $SECTION"; fi
     echo
     echo "Run $STARTED with \`$COMMAND\`."
     echo
     echo "$N idle client connections (raw sockets from \`hold_connections.py\`: StartupMessage, read to"
     echo "ReadyForQuery, then nothing) as \`$ROLE.bench<i>\` through the proxy (release build, default"
-    echo "configuration) spread over $NORGS enterprise org(s) (at most $ORG_CONNS connections each; the tier admits 500),"
+    echo "configuration; sessions relayed by $RELAY) spread over $NORGS enterprise org(s) (at most $ORG_CONNS connections each; the tier admits 500),"
     echo "to a throwaway PostgreSQL 15 (trust, max_connections $((N + 100)),"
     echo "shared_buffers 16MB). VmRSS from /proc/PID/status, sampled once settled; \"before\" is after one"
     echo "warm-up connection. KiB per connection = (RSS with $N open − RSS before) / $N."
@@ -162,6 +171,6 @@ PY
 
 cat "$REPORT"
 if [[ "$WRITE_RESULTS" == 1 ]]; then
-    replace_section idle_memory "$REPORT"
-    log "section idle_memory written to $RESULTS_FILE"
+    replace_section "$SECTION" "$REPORT"
+    log "section $SECTION written to $RESULTS_FILE"
 fi
