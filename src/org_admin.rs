@@ -29,6 +29,17 @@ pub struct UpdateOrg {
     pub reason: Option<String>,
 }
 
+impl UpdateOrg {
+    /// Whether any field is set (`reason` alone changes nothing).
+    pub fn changes_anything(&self) -> bool {
+        self.name.is_some()
+            || self.tier.is_some()
+            || self.upstream.is_some()
+            || self.stripe_customer_id.is_some()
+            || self.stripe_subscription_id.is_some()
+    }
+}
+
 pub async fn create(
     store: &dyn Store,
     req: CreateOrg,

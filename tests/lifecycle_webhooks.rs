@@ -483,6 +483,35 @@ async fn operators_change_tiers_by_hand_with_a_reason() {
         ["tier_changed", "tier_changed"]
     );
 
+    // A tier set with PATCH goes the same way: audited and notified.
+    let (status, org) = admin_send(
+        &server,
+        Method::PATCH,
+        "/admin/orgs/ops",
+        json!({"tier": "pro", "name": "Ops Inc"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{org}");
+    assert_eq!(
+        (org["tier"].as_str(), org["name"].as_str()),
+        (Some("pro"), Some("Ops Inc"))
+    );
+    let h = history(&server, "ops").await;
+    let last = h.last().expect("an audit entry");
+    assert_eq!(
+        (&last["from"], &last["to"], &last["source"], &last["reason"]),
+        (
+            &json!("starter"),
+            &json!("pro"),
+            &json!("admin"),
+            &json!("changed by admin")
+        )
+    );
+    assert_eq!(
+        notification_kinds(&server, "ops").await,
+        ["tier_changed", "tier_changed", "tier_changed"]
+    );
+
     // Without the override, the scheduler's clock cannot be moved forward.
     drop(server);
     let plain = Server::start(dir.path(), &[]);

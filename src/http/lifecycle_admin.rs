@@ -14,7 +14,7 @@ use actix_web::{get, post, put, web, HttpResponse};
 use dynabase_actors::{
     lifecycle::{ChangeError, ChangeRequest, Mode, Tick},
     webhook_handler::job_id,
-    Tier, UnixMillis,
+    OrgId, Organization, Tier, UnixMillis,
 };
 use serde_json::{Map, Value};
 
@@ -100,6 +100,19 @@ pub async fn set_tier(
     let (Some(tier), Some(reason), true) = (tier, reason, errors.is_empty()) else {
         return Err(ApiError::InvalidFields(errors));
     };
+    let org = change_tier_now(&state, &id, tier, reason).await?;
+    Ok(HttpResponse::Ok().json(org))
+}
+
+/// An operator's tier change (`PUT …/tier`, or `PATCH /admin/orgs/{id}`
+/// with a tier): applied at once in either direction through the lifecycle,
+/// so it is audited, announced to every replica and notified like any other.
+pub(super) async fn change_tier_now(
+    state: &HttpState,
+    id: &OrgId,
+    tier: Tier,
+    reason: String,
+) -> Result<Organization, ApiError> {
     let now = UnixMillis::now();
     let (org, outcome) = state
         .actors
@@ -116,7 +129,7 @@ pub async fn set_tier(
         })
         .await?;
     tracing::info!(org = %id, outcome = %outcome.describe(), "manual tier change");
-    Ok(HttpResponse::Ok().json(org))
+    Ok(org)
 }
 
 #[get("/admin/orgs/{id}/tier-history")]

@@ -3,7 +3,7 @@
 use actix_web::{get, patch, post, web, HttpResponse};
 use dynabase_actors::{OrgId, UnixMillis};
 
-use super::{auth::AdminAuth, error::ApiError, org_body, HttpState};
+use super::{auth::AdminAuth, error::ApiError, lifecycle_admin, org_body, HttpState};
 use crate::org_admin;
 
 pub(super) fn org_id(raw: &str) -> Result<OrgId, ApiError> {
@@ -64,15 +64,30 @@ pub async fn update(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let id = org_id(&path)?;
-    let change = org_body::update_org(&body)?;
-    let org = org_admin::update(
-        state.store.as_ref(),
-        &id,
-        change,
-        "admin",
-        UnixMillis::now(),
-    )
-    .await?;
-    state.actors.tenants.organization_changed(org.clone());
+    let mut change = org_body::update_org(&body)?;
+    // A tier goes the lifecycle's way, as with `PUT …/tier`; the other
+    // fields are written after it.
+    let tier = change.tier.take();
+    let reason = change.reason.take();
+    let mut org = None;
+    if let Some(tier) = tier {
+        let reason = reason.unwrap_or_else(|| "changed by admin".to_owned());
+        org = Some(lifecycle_admin::change_tier_now(&state, &id, tier, reason).await?);
+    }
+    let org = match org {
+        Some(org) if !change.changes_anything() => org,
+        _ => {
+            let org = org_admin::update(
+                state.store.as_ref(),
+                &id,
+                change,
+                "admin",
+                UnixMillis::now(),
+            )
+            .await?;
+            state.actors.tenants.organization_changed(org.clone());
+            org
+        }
+    };
     Ok(HttpResponse::Ok().json(org))
 }
