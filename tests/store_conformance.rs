@@ -841,6 +841,47 @@ async fn case_persist_check(store: &dyn Store) {
     ));
 }
 
+async fn case_orgs_with_lifecycle_due(store: &dyn Store) {
+    const NOW: i64 = 1_800_000_000_000;
+    const GRACE_START: i64 = NOW - 3 * 24 * 3600 * 1000;
+    let variant = |org_id: &str, pending_at: Option<i64>, past_due: Option<i64>| {
+        let mut o = org(org_id);
+        o.pending_tier_change = pending_at.map(|at| PendingTierChange {
+            to: Tier::Free,
+            effective_at: UnixMillis(at),
+            reason: "downgrade requested".to_owned(),
+        });
+        o.lifecycle.past_due_since = past_due.map(UnixMillis);
+        o
+    };
+    for o in [
+        variant("due-now", Some(NOW), None),
+        variant("due-later", Some(NOW + 1), None),
+        variant("due-past-grace", None, Some(GRACE_START)),
+        variant("due-in-grace", None, Some(GRACE_START + 1)),
+        variant("due-nothing", None, None),
+        variant("due-both", Some(NOW - 1), Some(GRACE_START - 1)),
+    ] {
+        store.create_org(&o).await.expect("create");
+    }
+    let found = store
+        .orgs_with_lifecycle_due(UnixMillis(NOW), UnixMillis(GRACE_START))
+        .await
+        .expect("orgs with lifecycle due");
+    // Other cases' organizations are in the same store: only these six count.
+    let mine: Vec<&str> = found
+        .iter()
+        .map(|o| o.id.as_str())
+        .filter(|id| id.starts_with("due-"))
+        .collect();
+    assert_eq!(mine, ["due-both", "due-now", "due-past-grace"]);
+    let both = found.iter().find(|o| o.id.as_str() == "due-both");
+    assert_eq!(
+        both,
+        Some(&variant("due-both", Some(NOW - 1), Some(GRACE_START - 1)))
+    );
+}
+
 /// Runs every case; `open` must return a store over the same data each time.
 async fn run_suite<F, Fut>(open: F)
 where
@@ -867,6 +908,7 @@ where
     case_org_by_stripe_customer(&*store).await;
     case_subscription_events_in_order(&*store).await;
     case_jobs_claimed_once_and_retried(&*store).await;
+    case_orgs_with_lifecycle_due(&*store).await;
     case_persist_write(&*store).await;
     drop(store);
 
@@ -928,6 +970,8 @@ async fn mongo_store_conforms() {
         ("notifications", "org_1_createdAt_1"),
         ("tierChanges", "org_1_at_1"),
         ("organizations", "stripeCustomerId_1"),
+        ("organizations", "pendingTierChange.effectiveAt_1"),
+        ("organizations", "lifecycle.pastDueSince_1"),
         ("jobs", "kind_1_status_1_nextAttemptAt_1"),
     ] {
         let names = admin

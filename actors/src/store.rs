@@ -42,6 +42,28 @@ pub trait Store: Send + Sync + 'static {
     async fn create_org(&self, org: &Organization) -> Result<(), StoreError>;
     async fn get_org(&self, id: &OrgId) -> Result<Option<Organization>, StoreError>;
     async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError>;
+    /// The organizations the tier lifecycle may have to act on, by id: a
+    /// scheduled change effective at or before `now`, or past due since at
+    /// or before `past_due_since_by`. The caller decides with the policy (a
+    /// past-due FREE organization has nothing to move). This default scans
+    /// every organization; stores with indexes answer from them.
+    async fn orgs_with_lifecycle_due(
+        &self,
+        now: UnixMillis,
+        past_due_since_by: UnixMillis,
+    ) -> Result<Vec<Organization>, StoreError> {
+        let mut orgs = self.list_orgs().await?;
+        orgs.retain(|o| {
+            o.pending_tier_change
+                .as_ref()
+                .is_some_and(|p| p.effective_at <= now)
+                || o.lifecycle
+                    .past_due_since
+                    .is_some_and(|since| since <= past_due_since_by)
+        });
+        orgs.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(orgs)
+    }
     /// Replaces an existing organization; `NotFound` if there is none.
     async fn update_org(&self, org: &Organization) -> Result<(), StoreError>;
 

@@ -99,7 +99,13 @@ async fn run_tick(deps: SchedulerDeps, now: UnixMillis) -> TickReport {
         errors: Vec::new(),
     };
     let policy = *deps.changer.policy();
-    match deps.changer.store().list_orgs().await {
+    let past_due_since_by = now.minus(policy.payment_failure_grace);
+    match deps
+        .changer
+        .store()
+        .orgs_with_lifecycle_due(now, past_due_since_by)
+        .await
+    {
         Ok(orgs) => {
             for org in orgs
                 .iter()
@@ -116,7 +122,9 @@ async fn run_tick(deps: SchedulerDeps, now: UnixMillis) -> TickReport {
                 }
             }
         }
-        Err(e) => report.errors.push(format!("listing organizations: {e}")),
+        Err(e) => report
+            .errors
+            .push(format!("listing organizations with something due: {e}")),
     }
     match deps.webhooks.send(ProcessDue { now }).await {
         Ok(Ok(events)) => report.events = events,

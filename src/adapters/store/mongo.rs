@@ -416,6 +416,14 @@ impl Store for MongoStore {
         find_sorted(&self.orgs, doc! {}, doc! { "_id": 1 }).await
     }
 
+    async fn orgs_with_lifecycle_due(
+        &self,
+        now: UnixMillis,
+        past_due_since_by: UnixMillis,
+    ) -> Result<Vec<Organization>, StoreError> {
+        lifecycle::orgs_with_lifecycle_due(self, now, past_due_since_by).await
+    }
+
     async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {
         let result = self
             .orgs

@@ -15,7 +15,7 @@ use dynabase_actors::{
     OrgId, Organization, Store, StoreError, UnixMillis,
 };
 use futures_util::TryStreamExt;
-use mongodb::{bson::doc, IndexModel};
+use mongodb::{bson::doc, error::ErrorKind, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -23,29 +23,69 @@ use super::{
     JOBS, ORGANIZATIONS,
 };
 
-/// The organizations' billing-customer index and the jobs' due index.
+/// The server's code for "collection does not exist".
+const NAMESPACE_NOT_FOUND: i32 = 26;
+
+/// The organizations' billing-customer and lifecycle-due indexes and the
+/// jobs' due index.
 pub(super) async fn ensure_indexes(store: &MongoStore) -> Result<(), MongoStoreError> {
-    store
-        .orgs
-        .create_indexes([IndexModel::builder()
-            .keys(doc! { "stripeCustomerId": 1 })
-            .build()])
-        .await
-        .map_err(|source| MongoStoreError::Index {
-            collection: ORGANIZATIONS,
-            source,
-        })?;
+    let index_error = |collection| move |source| MongoStoreError::Index { collection, source };
+    // Created only when missing: FerretDB fails to re-create an index on a
+    // nested field that already exists (the others are re-created as no-ops).
+    let existing = match store.orgs.list_index_names().await {
+        Ok(names) => names,
+        // A new database: the collection appears with its first index.
+        Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) => {
+            Vec::new()
+        }
+        Err(e) => return Err(index_error(ORGANIZATIONS)(e)),
+    };
+    let wanted = [
+        ("stripeCustomerId_1", doc! { "stripeCustomerId": 1 }),
+        // The scheduler's query for organizations with something due.
+        (
+            "pendingTierChange.effectiveAt_1",
+            doc! { "pendingTierChange.effectiveAt": 1 },
+        ),
+        (
+            "lifecycle.pastDueSince_1",
+            doc! { "lifecycle.pastDueSince": 1 },
+        ),
+    ];
+    let missing: Vec<IndexModel> = wanted
+        .into_iter()
+        .filter(|(name, _)| !existing.iter().any(|e| e == name))
+        .map(|(_, keys)| IndexModel::builder().keys(keys).build())
+        .collect();
+    if !missing.is_empty() {
+        store
+            .orgs
+            .create_indexes(missing)
+            .await
+            .map_err(index_error(ORGANIZATIONS))?;
+    }
     store
         .jobs
         .create_indexes([IndexModel::builder()
             .keys(doc! { "kind": 1, "status": 1, "nextAttemptAt": 1 })
             .build()])
         .await
-        .map_err(|source| MongoStoreError::Index {
-            collection: JOBS,
-            source,
-        })?;
+        .map_err(index_error(JOBS))?;
     Ok(())
+}
+
+/// Organizations with a scheduled change effective by `now` or past due
+/// since `past_due_since_by` or earlier, by id; each branch has its index.
+pub(super) async fn orgs_with_lifecycle_due(
+    store: &MongoStore,
+    now: UnixMillis,
+    past_due_since_by: UnixMillis,
+) -> Result<Vec<Organization>, StoreError> {
+    let filter = doc! { "$or": [
+        { "pendingTierChange.effectiveAt": { "$lte": now.0 } },
+        { "lifecycle.pastDueSince": { "$lte": past_due_since_by.0 } },
+    ] };
+    super::find_sorted(&store.orgs, filter, doc! { "_id": 1 }).await
 }
 
 #[derive(Debug, Serialize, Deserialize)]
