@@ -30,6 +30,30 @@ fn is_rate_limited(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::from_code("53400"))
 }
 
+/// Changes the org's tier through the admin API (it applies to open sessions).
+async fn set_tier(server: &Server, org: &str, tier: &str) {
+    let r = client()
+        .patch(server.url(&format!("/admin/orgs/{org}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "tier": tier }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Whether, within 5 s, 20 queries sent at once on `c` are all admitted.
+async fn twenty_at_once_fit(c: &Client) -> bool {
+    for _ in 0..50 {
+        let burst = join_all((0..20).map(|_| c.query_one("select 1", &[]))).await;
+        if burst.iter().all(Result::is_ok) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 fn pg() -> Option<String> {
     common::require_service("DYNABASE_TEST_PG_ADDR", "127.0.0.1:5432")
 }
@@ -219,25 +243,10 @@ async fn an_upgrade_raises_the_limit_of_an_open_session() {
         "FREE at 1/s refuses most"
     );
 
-    let r = client()
-        .patch(server.url("/admin/orgs/grow"))
-        .bearer_auth(ADMIN_TOKEN)
-        .body(r#"{"tier":"starter"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    set_tier(&server, "grow", "starter").await;
     // The same session now runs at STARTER's 50/s (burst 50).
-    let mut after = Vec::new();
-    for _ in 0..50 {
-        after = join_all((0..20).map(|_| c.query_one("select 1", &[]))).await;
-        if after.iter().all(Result::is_ok) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        after.iter().all(Result::is_ok),
+        twenty_at_once_fit(&c).await,
         "20 at once fit STARTER's burst"
     );
 }
@@ -256,14 +265,7 @@ async fn a_downgrade_limits_an_open_session_that_had_no_limit() {
         .await
         .expect("begin");
 
-    let r = client()
-        .patch(server.url("/admin/orgs/shrink"))
-        .bearer_auth(ADMIN_TOKEN)
-        .body(r#"{"tier":"free"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    set_tier(&server, "shrink", "free").await;
     // The same session now runs at FREE's 1/s (burst 1).
     let mut refused = 0;
     for _ in 0..50 {
@@ -317,25 +319,9 @@ async fn the_rest_of_a_refused_query_stays_dropped_when_the_limit_is_lifted() {
     );
 
     // ENTERPRISE has no limit; the org's other session shows when it applies.
-    let r = client()
-        .patch(server.url("/admin/orgs/split"))
-        .bearer_auth(ADMIN_TOKEN)
-        .body(r#"{"tier":"enterprise"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    set_tier(&server, "split", "enterprise").await;
     let other = connect(&server, "split").await;
-    let mut lifted = false;
-    for _ in 0..50 {
-        let burst = join_all((0..20).map(|_| other.query_one("select 1", &[]))).await;
-        if burst.iter().all(Result::is_ok) {
-            lifted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(lifted, "the limit is lifted");
+    assert!(twenty_at_once_fit(&other).await, "the limit is lifted");
 
     // The refused Query's remaining bytes must not reach PostgreSQL, which
     // would read them as messages and end the session.
