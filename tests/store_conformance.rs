@@ -970,8 +970,6 @@ async fn mongo_store_conforms() {
         ("notifications", "org_1_createdAt_1"),
         ("tierChanges", "org_1_at_1"),
         ("organizations", "stripeCustomerId_1"),
-        ("organizations", "pendingTierChange.effectiveAt_1"),
-        ("organizations", "lifecycle.pastDueSince_1"),
         ("jobs", "kind_1_status_1_nextAttemptAt_1"),
     ] {
         let names = admin

@@ -15,7 +15,7 @@ use dynabase_actors::{
     OrgId, Organization, Store, StoreError, UnixMillis,
 };
 use futures_util::TryStreamExt;
-use mongodb::{bson::doc, error::ErrorKind, IndexModel};
+use mongodb::{bson::doc, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -23,11 +23,7 @@ use super::{
     JOBS, ORGANIZATIONS,
 };
 
-/// The server's code for "collection does not exist".
-const NAMESPACE_NOT_FOUND: i32 = 26;
-
-/// The organizations' billing-customer and lifecycle-due indexes and the
-/// jobs' due index.
+/// The organizations' billing-customer index and the jobs' due index.
 pub(super) async fn ensure_indexes(store: &MongoStore) -> Result<(), MongoStoreError> {
     let index_error = |collection| move |source| MongoStoreError::Index { collection, source };
     store
@@ -37,7 +33,6 @@ pub(super) async fn ensure_indexes(store: &MongoStore) -> Result<(), MongoStoreE
             .build()])
         .await
         .map_err(index_error(ORGANIZATIONS))?;
-    ensure_lifecycle_due_indexes(store).await;
     store
         .jobs
         .create_indexes([IndexModel::builder()
@@ -48,46 +43,13 @@ pub(super) async fn ensure_indexes(store: &MongoStore) -> Result<(), MongoStoreE
     Ok(())
 }
 
-/// Indexes for [`orgs_with_lifecycle_due`], on nested fields. The query is
-/// correct without them, so a failure is logged, not fatal. FerretDB
-/// v1.24.2 (what `scripts/services.sh` installs) drops the connection when
-/// asked to create a nested-field index that exists (seen on a reconnect and
-/// when replicas start together), so they are created only when missing,
-/// and a race between replicas may still lose one attempt.
-async fn ensure_lifecycle_due_indexes(store: &MongoStore) {
-    let wanted = [
-        (
-            "pendingTierChange.effectiveAt_1",
-            "pendingTierChange.effectiveAt",
-        ),
-        ("lifecycle.pastDueSince_1", "lifecycle.pastDueSince"),
-    ];
-    let existing = match store.orgs.list_index_names().await {
-        Ok(names) => names,
-        // A new database: the collection appears with its first index.
-        Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == NAMESPACE_NOT_FOUND) => {
-            Vec::new()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the organizations' indexes; lifecycle-due indexes not checked");
-            return;
-        }
-    };
-    let missing: Vec<IndexModel> = wanted
-        .into_iter()
-        .filter(|(name, _)| !existing.iter().any(|e| e == name))
-        .map(|(_, field)| IndexModel::builder().keys(doc! { field: 1 }).build())
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    if let Err(e) = store.orgs.create_indexes(missing).await {
-        tracing::warn!(error = %e, "lifecycle-due indexes not created; the scheduler's query scans until they are");
-    }
-}
-
 /// Organizations with a scheduled change effective by `now` or past due
-/// since `past_due_since_by` or earlier, by id; each branch has its index.
+/// since `past_due_since_by` or earlier, by id. Filtered by the server, so
+/// only those cross the wire. Not indexed: FerretDB v1.24.2 (what
+/// `scripts/services.sh` installs) drops the connection when asked to
+/// create an index over these nested fields that already exists, which made
+/// a replica starting beside another fail its store connection; a scan of
+/// the organizations per tick is cheap next to that.
 pub(super) async fn orgs_with_lifecycle_due(
     store: &MongoStore,
     now: UnixMillis,
