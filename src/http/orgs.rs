@@ -65,29 +65,27 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let id = org_id(&path)?;
     let mut change = org_body::update_org(&body)?;
-    // A tier goes the lifecycle's way, as with `PUT …/tier`; the other
+    // A tier takes the lifecycle's route, as with `PUT …/tier`; the other
     // fields are written after it.
-    let tier = change.tier.take();
     let reason = change.reason.take();
-    let mut org = None;
-    if let Some(tier) = tier {
-        let reason = reason.unwrap_or_else(|| "changed by admin".to_owned());
-        org = Some(lifecycle_admin::change_tier_now(&state, &id, tier, reason).await?);
-    }
-    let org = match org {
-        Some(org) if !change.changes_anything() => org,
-        _ => {
-            let org = org_admin::update(
-                state.store.as_ref(),
-                &id,
-                change,
-                "admin",
-                UnixMillis::now(),
-            )
-            .await?;
-            state.actors.tenants.organization_changed(org.clone());
-            org
+    let tiered = match change.tier.take() {
+        Some(tier) => {
+            let reason = reason.unwrap_or_else(|| "changed by admin".to_owned());
+            Some(lifecycle_admin::change_tier_now(&state, &id, tier, reason).await?)
         }
+        None => None,
     };
+    if let Some(org) = tiered.filter(|_| !change.changes_anything()) {
+        return Ok(HttpResponse::Ok().json(org));
+    }
+    let org = org_admin::update(
+        state.store.as_ref(),
+        &id,
+        change,
+        "admin",
+        UnixMillis::now(),
+    )
+    .await?;
+    state.actors.tenants.organization_changed(org.clone());
     Ok(HttpResponse::Ok().json(org))
 }
