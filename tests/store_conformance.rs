@@ -882,6 +882,34 @@ async fn case_orgs_with_lifecycle_due(store: &dyn Store) {
     );
 }
 
+async fn case_billable_vcpu_hours(store: &dyn Store) {
+    let records = [
+        usage("bill-1", "bill-a", "2026-07", 1_000, 1, "1.5"),
+        usage("bill-2", "bill-a", "2026-07", 2_000, 1, "2.25"),
+        usage("bill-3", "bill-a", "2026-07", 3_000, 1, "0.000001"),
+        usage("bill-4", "bill-a", "2026-08", 1_000, 1, "100"),
+        usage("bill-5", "bill-b", "2026-07", 1_000, 1, "100"),
+    ];
+    store.record_usage_batch(&records).await.expect("record");
+    for a in [
+        adjustment("bill-adj-1", "bill-a", "2026-07", "-0.5", 100),
+        adjustment("bill-adj-2", "bill-a", "2026-07", "1", 200),
+        adjustment("bill-adj-3", "bill-b", "2026-07", "100", 100),
+    ] {
+        store.add_usage_adjustment(&a).await.expect("adjust");
+    }
+    let billable = store
+        .billable_vcpu_hours(&id("bill-a"), &period("2026-07"))
+        .await
+        .expect("billable");
+    assert_eq!(billable, dec("4.250001"), "exact, scoped to org and period");
+    let none = store
+        .billable_vcpu_hours(&id("bill-none"), &period("2026-07"))
+        .await
+        .expect("billable");
+    assert!(none.is_zero());
+}
+
 /// Runs every case; `open` must return a store over the same data each time.
 async fn run_suite<F, Fut>(open: F)
 where
@@ -898,6 +926,7 @@ where
     case_usage_is_scoped(&*store).await;
     case_usage_batch_is_idempotent(&*store).await;
     case_adjustments_once_per_key(&*store).await;
+    case_billable_vcpu_hours(&*store).await;
     case_api_token_hashes(&*store).await;
     case_webhook_event_once(&*store).await;
     case_invoices_are_idempotent(&*store).await;

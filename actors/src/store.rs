@@ -8,6 +8,7 @@
 //! reports [`Write::AlreadyApplied`] the second time instead of applying twice.
 
 use async_trait::async_trait;
+use rust_decimal::Decimal;
 
 use crate::domain::{
     billing::SubscriptionOrder,
@@ -85,6 +86,22 @@ pub trait Store: Send + Sync + 'static {
         org: &OrgId,
         period: &Period,
     ) -> Result<Vec<UsageRecord>, StoreError>;
+
+    /// The org's billable vCPU-hours for `period`: its measured usage plus
+    /// adjustments (`usage_report::billable_vcpu_hours`). This default
+    /// reads the whole records; stores that can read only the vCPU-hours do.
+    async fn billable_vcpu_hours(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Decimal, StoreError> {
+        let records = self.usage_for_period(org, period).await?;
+        let adjustments = self.usage_adjustments(org, period).await?;
+        Ok(crate::domain::usage_report::billable_vcpu_hours(
+            &records,
+            &adjustments,
+        ))
+    }
 
     /// Adds an operator adjustment once per `adjustment.key`.
     async fn add_usage_adjustment(&self, adjustment: &UsageAdjustment)

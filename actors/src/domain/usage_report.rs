@@ -107,7 +107,11 @@ pub struct ReportInput<'a> {
 /// measured + adjustments for a period; what warnings and billing compare
 /// with the included hours.
 pub fn billable_vcpu_hours(records: &[UsageRecord], adjustments: &[UsageAdjustment]) -> Decimal {
-    let measured: Decimal = records.iter().map(|r| r.vcpu_hours).sum();
+    adjusted_vcpu_hours(records.iter().map(|r| r.vcpu_hours).sum(), adjustments)
+}
+
+/// Measured vCPU-hours (already summed) plus the adjustments.
+pub fn adjusted_vcpu_hours(measured: Decimal, adjustments: &[UsageAdjustment]) -> Decimal {
     measured + adjustments.iter().map(|a| a.vcpu_hours).sum::<Decimal>()
 }
 

@@ -21,7 +21,6 @@ use crate::{
         org_id::OrgId,
         records::{Notification, Period, UsageRecord, Write},
         time::UnixMillis,
-        usage_report::billable_vcpu_hours,
     },
     lifecycle::notifier::{NotificationKind, NotifierError},
     store::{Store, StoreError},
@@ -130,9 +129,7 @@ pub async fn check(
         // By contract: nothing to warn about.
         return Ok(outcome);
     };
-    let records = store.usage_for_period(org, period).await?;
-    let adjustments = store.usage_adjustments(org, period).await?;
-    let used = billable_vcpu_hours(&records, &adjustments);
+    let used = store.billable_vcpu_hours(org, period).await?;
     for threshold in THRESHOLDS {
         if used * Decimal::ONE_HUNDRED < included * Decimal::from(threshold) {
             continue;

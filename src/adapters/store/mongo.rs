@@ -31,6 +31,7 @@ use dynabase_actors::{
             CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
             UsageAdjustment, UsageRecord, Write,
         },
+        usage_report::adjusted_vcpu_hours,
     },
     OrgId, Organization, Store, StoreError, Tier, UnixMillis,
 };
@@ -462,6 +463,16 @@ impl Store for MongoStore {
         period: &Period,
     ) -> Result<Vec<UsageAdjustment>, StoreError> {
         self.usage.adjustments(org, period).await
+    }
+
+    async fn billable_vcpu_hours(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Decimal, StoreError> {
+        let measured = self.usage.vcpu_hours_for_period(org, period).await?;
+        let adjustments = self.usage.adjustments(org, period).await?;
+        Ok(adjusted_vcpu_hours(measured, &adjustments))
     }
 
     async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError> {

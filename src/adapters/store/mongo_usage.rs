@@ -12,6 +12,7 @@ use dynabase_actors::{
     domain::records::{Period, UsageAdjustment, UsageRecord, Write},
     OrgId, StoreError, UnixMillis,
 };
+use futures_util::TryStreamExt;
 use mongodb::{
     bson::{doc, oid::ObjectId, Document},
     error::ErrorKind,
@@ -105,6 +106,13 @@ impl From<AdjustmentDoc> for UsageAdjustment {
     }
 }
 
+/// A usage record's vCPU-hours alone.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VcpuHoursDoc {
+    vcpu_hours: Decimal,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TokenDoc {
@@ -187,6 +195,24 @@ impl UsageCollections {
             doc! { "windowStart": 1, "_id": 1 },
         )
         .await
+    }
+
+    /// The sum of the period's measured vCPU-hours, reading only that field
+    /// of each record (a warning check runs this every few seconds).
+    pub(super) async fn vcpu_hours_for_period(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Decimal, StoreError> {
+        let cursor = self
+            .usage
+            .clone_with_type::<VcpuHoursDoc>()
+            .find(doc! { "org": org.as_str(), "period": period.as_str() })
+            .projection(doc! { "_id": 0, "vcpuHours": 1 })
+            .await
+            .map_err(store_error)?;
+        let docs: Vec<VcpuHoursDoc> = cursor.try_collect().await.map_err(store_error)?;
+        Ok(docs.iter().map(|d| d.vcpu_hours).sum())
     }
 
     pub(super) async fn add_adjustment(&self, a: &UsageAdjustment) -> Result<Write, StoreError> {
