@@ -47,7 +47,7 @@ pub trait Store: Send + Sync + 'static {
     /// scheduled change effective at or before `now`, or past due since at
     /// or before `past_due_since_by`. The caller decides with the policy (a
     /// past-due FREE organization has nothing to move). This default scans
-    /// every organization; stores with indexes answer from them.
+    /// every organization here; a store that can filter on its side does.
     async fn orgs_with_lifecycle_due(
         &self,
         now: UnixMillis,

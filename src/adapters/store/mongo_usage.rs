@@ -198,7 +198,8 @@ impl UsageCollections {
     }
 
     /// The sum of the period's measured vCPU-hours, reading only that field
-    /// of each record (a warning check runs this every few seconds).
+    /// of each record (the usage-warning check runs this per active org
+    /// every `usage.warning_check_interval`).
     pub(super) async fn vcpu_hours_for_period(
         &self,
         org: &OrgId,

@@ -25,21 +25,26 @@ use super::{
 
 /// The organizations' billing-customer index and the jobs' due index.
 pub(super) async fn ensure_indexes(store: &MongoStore) -> Result<(), MongoStoreError> {
-    let index_error = |collection| move |source| MongoStoreError::Index { collection, source };
     store
         .orgs
         .create_indexes([IndexModel::builder()
             .keys(doc! { "stripeCustomerId": 1 })
             .build()])
         .await
-        .map_err(index_error(ORGANIZATIONS))?;
+        .map_err(|source| MongoStoreError::Index {
+            collection: ORGANIZATIONS,
+            source,
+        })?;
     store
         .jobs
         .create_indexes([IndexModel::builder()
             .keys(doc! { "kind": 1, "status": 1, "nextAttemptAt": 1 })
             .build()])
         .await
-        .map_err(index_error(JOBS))?;
+        .map_err(|source| MongoStoreError::Index {
+            collection: JOBS,
+            source,
+        })?;
     Ok(())
 }
 
