@@ -6,6 +6,7 @@
 //! Redis, HTTP) that depend on this crate, never the other way round.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod calibrator;
 pub mod domain;
 pub mod lifecycle;
