@@ -17,11 +17,13 @@ use dynabase_actors::{
             BillingEvent, BillingEventKind, PriceMap, PriceRef, SubscriptionChange,
             SubscriptionOrder,
         },
+        billing_record::{BillingRecord, BillingState},
         jobs::{Job, JobKind, JobStatus},
         organization::LifecycleState,
+        period_total::PeriodTotal,
         records::{
-            CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageAdjustment, UsageRecord, Write,
+            CalibrationRecord, Notification, Period, ProcessedEvent, TierChange, UsageAdjustment,
+            UsageRecord, Write,
         },
     },
     lifecycle::Tick,
@@ -83,11 +85,57 @@ impl Store for FlakyStore {
     async fn mark_event_processed(&self, e: &ProcessedEvent) -> Result<Write, StoreError> {
         self.inner.mark_event_processed(e).await
     }
-    async fn record_invoice(&self, i: &InvoiceRecord) -> Result<Write, StoreError> {
-        self.inner.record_invoice(i).await
+    async fn period_total(&self, org: &OrgId, p: &Period) -> Result<PeriodTotal, StoreError> {
+        self.inner.period_total(org, p).await
     }
-    async fn invoices_for_org(&self, org: &OrgId) -> Result<Vec<InvoiceRecord>, StoreError> {
-        self.inner.invoices_for_org(org).await
+    async fn period_totals(&self, p: &Period) -> Result<Vec<PeriodTotal>, StoreError> {
+        self.inner.period_totals(p).await
+    }
+    async fn set_period_total(&self, t: &PeriodTotal) -> Result<(), StoreError> {
+        self.inner.set_period_total(t).await
+    }
+    async fn adjustments_for_period(&self, p: &Period) -> Result<Vec<UsageAdjustment>, StoreError> {
+        self.inner.adjustments_for_period(p).await
+    }
+    async fn insert_billing_record(&self, r: &BillingRecord) -> Result<Write, StoreError> {
+        self.inner.insert_billing_record(r).await
+    }
+    async fn billing_record(
+        &self,
+        org: &OrgId,
+        p: &Period,
+    ) -> Result<Option<BillingRecord>, StoreError> {
+        self.inner.billing_record(org, p).await
+    }
+    async fn billing_records_for_org(&self, org: &OrgId) -> Result<Vec<BillingRecord>, StoreError> {
+        self.inner.billing_records_for_org(org).await
+    }
+    async fn billing_records_for_period(
+        &self,
+        p: &Period,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        self.inner.billing_records_for_period(p).await
+    }
+    async fn due_billing_records(
+        &self,
+        state: BillingState,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        self.inner.due_billing_records(state, now, limit).await
+    }
+    async fn billing_record_by_item(&self, id: &str) -> Result<Option<BillingRecord>, StoreError> {
+        self.inner.billing_record_by_item(id).await
+    }
+    async fn update_billing_record_if_unchanged(
+        &self,
+        r: &BillingRecord,
+        seen: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.inner.update_billing_record_if_unchanged(r, seen).await
+    }
+    async fn tier_changes_since(&self, since: UnixMillis) -> Result<Vec<TierChange>, StoreError> {
+        self.inner.tier_changes_since(since).await
     }
     async fn record_calibration(&self, r: &CalibrationRecord) -> Result<Write, StoreError> {
         self.inner.record_calibration(r).await

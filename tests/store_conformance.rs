@@ -21,13 +21,17 @@ use dynabase_actors::{
         jobs::{Job, JobKind, JobStatus},
         organization::LifecycleState,
         records::{
-            CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageAdjustment, UsageRecord, Write,
+            CalibrationRecord, Notification, Period, ProcessedEvent, TierChange, UsageAdjustment,
+            UsageRecord, Write,
         },
+        spend::{CapAction, CapReached, FreeOverage, SpendCap},
     },
     OrgId, Organization, PendingTierChange, Store, StoreError, Tier, UnixMillis, Upstream,
 };
 use rust_decimal::Decimal;
+
+#[path = "store_conformance/billing_cases.rs"]
+mod billing_cases;
 
 // ----- fixtures -------------------------------------------------------------
 
@@ -61,6 +65,20 @@ fn org(org_id: &str) -> Organization {
         lifecycle: LifecycleState {
             past_due_since: Some(UnixMillis(1_700_000_000_250)),
             notification_url: Some(format!("https://hooks.example/{org_id}")),
+            spend_cap: Some(SpendCap {
+                amount: "12.50".parse().expect("amount"),
+                action: CapAction::Refuse,
+                set_by: "customer".into(),
+            }),
+            cap_reached: Some(CapReached {
+                period: Period::parse("2026-11").expect("period"),
+                at: UnixMillis(1_700_000_000_500),
+            }),
+            free_overage: Some(FreeOverage {
+                period: Period::parse("2026-11").expect("period"),
+                since: UnixMillis(1_700_000_000_600),
+                enforce_from: UnixMillis(1_700_604_800_600),
+            }),
         },
     }
 }
@@ -76,20 +94,6 @@ fn usage(key: &str, org_id: &str, p: &str, window: i64, cycles: u64, vcpu: &str)
         duration_us: cycles * 10,
         vcpu_hours: dec(vcpu),
         gb_hours: dec("0.25"),
-    }
-}
-
-fn invoice(key: &str, org_id: &str, created: i64) -> InvoiceRecord {
-    InvoiceRecord {
-        key: key.to_owned(),
-        org: id(org_id),
-        period: period("2026-03"),
-        tier: Tier::Pro,
-        overage_vcpu_hours: dec("12.5"),
-        amount: dec("3.125"),
-        currency: "usd".to_owned(),
-        provider_item_id: Some(format!("ii_{key}")),
-        created_at: UnixMillis(created),
     }
 }
 
@@ -394,37 +398,6 @@ async fn case_webhook_event_once(store: &dyn Store) {
     );
 }
 
-async fn case_invoices_are_idempotent(store: &dyn Store) {
-    let late = invoice("inv-a-2", "inv-a", 2_000);
-    let early = invoice("inv-a-1", "inv-a", 1_000);
-    let foreign = invoice("inv-b-1", "inv-b", 1_500);
-    assert_eq!(
-        store.record_invoice(&late).await.expect("late"),
-        Write::Applied
-    );
-    assert_eq!(
-        store.record_invoice(&early).await.expect("early"),
-        Write::Applied
-    );
-    assert_eq!(
-        store.record_invoice(&foreign).await.expect("foreign"),
-        Write::Applied
-    );
-
-    let mut retried = early.clone();
-    retried.amount = dec("99");
-    assert_eq!(
-        store.record_invoice(&retried).await.expect("retry"),
-        Write::AlreadyApplied
-    );
-    let listed = store.invoices_for_org(&id("inv-a")).await.expect("list");
-    assert_eq!(
-        listed,
-        vec![early, late],
-        "per org, by created_at, first write wins"
-    );
-}
-
 async fn case_calibration_once_per_period(store: &dyn Store) {
     let march = calibration("2025-03");
     let january = calibration("2025-01");
@@ -720,10 +693,6 @@ async fn case_persist_write(store: &dyn Store) {
         .await
         .expect("event");
     store
-        .record_invoice(&invoice("keep-inv", "keep", 10))
-        .await
-        .expect("invoice");
-    store
         .record_calibration(&calibration("2024-07"))
         .await
         .expect("calibration");
@@ -782,9 +751,14 @@ async fn case_persist_check(store: &dyn Store) {
         store.mark_event_processed(&event).await.expect("event"),
         Write::AlreadyApplied
     );
+    let total = store
+        .period_total(&id("keep"), &period("2026-07"))
+        .await
+        .expect("period total");
     assert_eq!(
-        store.invoices_for_org(&id("keep")).await.expect("invoices"),
-        vec![invoice("keep-inv", "keep", 10)]
+        (total.units.query_cycles, total.vcpu_hours()),
+        (11, dec("1.1")),
+        "the period total persists and the retry added nothing"
     );
     assert_eq!(
         store
@@ -929,7 +903,9 @@ where
     case_billable_vcpu_hours(&*store).await;
     case_api_token_hashes(&*store).await;
     case_webhook_event_once(&*store).await;
-    case_invoices_are_idempotent(&*store).await;
+    billing_cases::case_period_totals_add_each_record_once(&*store).await;
+    billing_cases::case_cross_org_reads_for_a_period(&*store).await;
+    billing_cases::case_billing_records(&*store).await;
     case_calibration_once_per_period(&*store).await;
     case_notifications_dedupe_per_org(&*store).await;
     case_tier_history_oldest_first(&*store).await;
@@ -943,6 +919,68 @@ where
 
     let reopened = open().await;
     case_persist_check(&*reopened).await;
+}
+
+/// A writer that died after inserting its records (step 1 of
+/// `mongo/period_totals.rs`), and one that died after adding them to the
+/// total but before marking them (step 2): the retry of the same flush
+/// brings the total to exactly the records' sum.
+async fn totals_survive_a_writer_dying_half_way(store: &MongoStore) {
+    use mongodb::bson::{doc, Document};
+    let db = store.database();
+    let records = db.collection::<Document>("tenantUsage");
+    let totals = db.collection::<Document>("periodTotals");
+    let died_after_insert = usage("half:1", "half", "2026-02", 1_000, 2, "1.5");
+    let died_after_add = usage("half:2", "half", "2026-02", 2_000, 3, "2.25");
+    let fresh = usage("half:3", "half", "2026-02", 3_000, 1, "0.25");
+    store
+        .record_usage_batch(&[died_after_insert.clone(), died_after_add.clone()])
+        .await
+        .expect("write");
+    // Undo what the dead writers did not get to: both unmarked, the first
+    // not in the total, the second still on `applied`.
+    records
+        .update_many(
+            doc! { "_id": { "$in": ["half:1", "half:2"] } },
+            doc! { "$set": { "totaled": false } },
+        )
+        .await
+        .expect("unmark");
+    totals
+        .update_one(
+            doc! { "_id": "2026-02/half" },
+            doc! {
+                "$inc": { "vcpuNs": -5_400_000_000_000_i64, "queryCycles": -2_i64,
+                          "durationUs": -20_i64, "memMbUs": -921_600_000_000_i64, "records": -1_i64 },
+                "$push": { "applied": "half:2" },
+            },
+        )
+        .await
+        .expect("half-apply");
+    let retried = store
+        .record_usage_batch(&[died_after_insert, died_after_add, fresh])
+        .await
+        .expect("retry");
+    assert_eq!(
+        retried,
+        vec![Write::AlreadyApplied, Write::AlreadyApplied, Write::Applied]
+    );
+    let total = store
+        .period_total(&id("half"), &period("2026-02"))
+        .await
+        .expect("total");
+    assert_eq!(total.vcpu_hours(), dec("4"), "1.5 + 2.25 + 0.25, each once");
+    assert_eq!(total.records, 3);
+    let doc = totals
+        .find_one(doc! { "_id": "2026-02/half" })
+        .await
+        .expect("read")
+        .expect("total doc");
+    assert_eq!(
+        doc.get_array("applied").map(Vec::len).unwrap_or(0),
+        0,
+        "keys of finished writes are pulled again"
+    );
 }
 
 // ----- the stores -----------------------------------------------------------
@@ -995,7 +1033,8 @@ async fn mongo_store_conforms() {
     for (collection, expected) in [
         ("tenantUsage", "org_1_period_1"),
         ("usageAdjustments", "org_1_period_1"),
-        ("invoices", "org_1"),
+        ("periodTotals", "period_1"),
+        ("billingRecords", "state_1_nextAttemptAt_1"),
         ("notifications", "org_1_createdAt_1"),
         ("tierChanges", "org_1_at_1"),
         ("organizations", "stripeCustomerId_1"),
@@ -1022,6 +1061,10 @@ async fn mongo_store_conforms() {
         }
     })
     .await;
+    let store = MongoStore::connect(&url, &database)
+        .await
+        .expect("reconnect to MongoDB");
+    totals_survive_a_writer_dying_half_way(&store).await;
 
     admin.drop().await.expect("drop test database");
 }

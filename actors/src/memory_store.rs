@@ -16,12 +16,14 @@ use async_trait::async_trait;
 use crate::{
     domain::{
         billing::SubscriptionOrder,
+        billing_record::{BillingRecord, BillingState},
         jobs::{Job, JobKind, JobStatus},
         org_id::OrgId,
         organization::Organization,
+        period_total::{record_units, PeriodTotal},
         records::{
-            CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageAdjustment, UsageRecord, Write,
+            CalibrationRecord, Notification, Period, ProcessedEvent, TierChange, UsageAdjustment,
+            UsageRecord, Write,
         },
         time::UnixMillis,
     },
@@ -35,7 +37,8 @@ struct Data {
     adjustments: Vec<UsageAdjustment>,
     tokens: BTreeMap<OrgId, String>,
     events: BTreeMap<String, ProcessedEvent>,
-    invoices: Vec<InvoiceRecord>,
+    totals: BTreeMap<(OrgId, Period), PeriodTotal>,
+    billing: BTreeMap<String, BillingRecord>,
     calibrations: BTreeMap<Period, CalibrationRecord>,
     notifications: Vec<Notification>,
     tier_changes: Vec<TierChange>,
@@ -86,6 +89,10 @@ impl MemoryStore {
     fn apply_usage(data: &mut Data, record: &UsageRecord) -> Write {
         let exists = data.usage.contains_key(&record.key);
         keyed(exists, || {
+            data.totals
+                .entry((record.org.clone(), record.period.clone()))
+                .or_insert_with(|| PeriodTotal::zero(record.org.clone(), record.period.clone()))
+                .add(&record_units(record));
             data.usage.insert(record.key.clone(), record.clone())
         })
     }
@@ -166,6 +173,47 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn period_total(&self, org: &OrgId, period: &Period) -> Result<PeriodTotal, StoreError> {
+        Ok(self
+            .data()
+            .totals
+            .get(&(org.clone(), period.clone()))
+            .cloned()
+            .unwrap_or_else(|| PeriodTotal::zero(org.clone(), period.clone())))
+    }
+
+    async fn period_totals(&self, period: &Period) -> Result<Vec<PeriodTotal>, StoreError> {
+        Ok(self
+            .data()
+            .totals
+            .values()
+            .filter(|t| &t.period == period)
+            .cloned()
+            .collect())
+    }
+
+    async fn set_period_total(&self, total: &PeriodTotal) -> Result<(), StoreError> {
+        self.data()
+            .totals
+            .insert((total.org.clone(), total.period.clone()), total.clone());
+        Ok(())
+    }
+
+    async fn adjustments_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError> {
+        let mut out: Vec<UsageAdjustment> = self
+            .data()
+            .adjustments
+            .iter()
+            .filter(|a| &a.period == period)
+            .cloned()
+            .collect();
+        out.sort_by_key(|a| a.created_at);
+        Ok(out)
+    }
+
     async fn add_usage_adjustment(&self, a: &UsageAdjustment) -> Result<Write, StoreError> {
         let mut d = self.data();
         let exists = d.adjustments.iter().any(|x| x.key == a.key);
@@ -209,22 +257,93 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn record_invoice(&self, invoice: &InvoiceRecord) -> Result<Write, StoreError> {
+    async fn insert_billing_record(&self, record: &BillingRecord) -> Result<Write, StoreError> {
         let mut d = self.data();
-        let exists = d.invoices.iter().any(|i| i.key == invoice.key);
-        Ok(keyed(exists, || d.invoices.push(invoice.clone())))
+        let exists = d.billing.contains_key(&record.key);
+        Ok(keyed(exists, || {
+            d.billing.insert(record.key.clone(), record.clone())
+        }))
     }
 
-    async fn invoices_for_org(&self, org: &OrgId) -> Result<Vec<InvoiceRecord>, StoreError> {
-        let mut out: Vec<InvoiceRecord> = self
+    async fn billing_record(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Option<BillingRecord>, StoreError> {
+        let key = crate::domain::billing_record::billing_key(org, period);
+        Ok(self.data().billing.get(&key).cloned())
+    }
+
+    async fn billing_records_for_org(&self, org: &OrgId) -> Result<Vec<BillingRecord>, StoreError> {
+        let mut out: Vec<BillingRecord> = self
             .data()
-            .invoices
-            .iter()
-            .filter(|i| &i.org == org)
+            .billing
+            .values()
+            .filter(|r| &r.org == org)
             .cloned()
             .collect();
-        out.sort_by_key(|i| i.created_at);
+        out.sort_by(|a, b| a.period.cmp(&b.period));
         Ok(out)
+    }
+
+    async fn billing_records_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        let mut out: Vec<BillingRecord> = self
+            .data()
+            .billing
+            .values()
+            .filter(|r| &r.period == period)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.org.cmp(&b.org));
+        Ok(out)
+    }
+
+    async fn due_billing_records(
+        &self,
+        state: BillingState,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        let mut out: Vec<BillingRecord> = self
+            .data()
+            .billing
+            .values()
+            .filter(|r| r.state == state && r.next_attempt_at <= now)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.next_attempt_at, &a.key).cmp(&(b.next_attempt_at, &b.key)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn billing_record_by_item(
+        &self,
+        item_id: &str,
+    ) -> Result<Option<BillingRecord>, StoreError> {
+        Ok(self
+            .data()
+            .billing
+            .values()
+            .find(|r| r.provider_item_id.as_deref() == Some(item_id))
+            .cloned())
+    }
+
+    async fn update_billing_record_if_unchanged(
+        &self,
+        record: &BillingRecord,
+        seen_updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut d = self.data();
+        match d.billing.get_mut(&record.key) {
+            Some(current) if current.updated_at == seen_updated_at => {
+                *current = record.clone();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn record_calibration(&self, record: &CalibrationRecord) -> Result<Write, StoreError> {
@@ -268,6 +387,18 @@ impl Store for MemoryStore {
             .tier_changes
             .iter()
             .filter(|c| &c.org == org)
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| c.at);
+        Ok(out)
+    }
+
+    async fn tier_changes_since(&self, since: UnixMillis) -> Result<Vec<TierChange>, StoreError> {
+        let mut out: Vec<TierChange> = self
+            .data()
+            .tier_changes
+            .iter()
+            .filter(|c| c.at >= since)
             .cloned()
             .collect();
         out.sort_by_key(|c| c.at);

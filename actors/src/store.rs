@@ -12,12 +12,14 @@ use rust_decimal::Decimal;
 
 use crate::domain::{
     billing::SubscriptionOrder,
+    billing_record::{BillingRecord, BillingState},
     jobs::{Job, JobKind},
     org_id::OrgId,
     organization::Organization,
+    period_total::PeriodTotal,
     records::{
-        CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-        UsageAdjustment, UsageRecord, Write,
+        CalibrationRecord, Notification, Period, ProcessedEvent, TierChange, UsageAdjustment,
+        UsageRecord, Write,
     },
     time::UnixMillis,
 };
@@ -87,21 +89,32 @@ pub trait Store: Send + Sync + 'static {
         period: &Period,
     ) -> Result<Vec<UsageRecord>, StoreError>;
 
-    /// The org's billable vCPU-hours for `period`: its measured usage plus
-    /// adjustments (`usage_report::billable_vcpu_hours`). This default
-    /// reads the whole records; stores that can read only the vCPU-hours do.
+    /// The org's billable vCPU-hours for `period`: its period total plus
+    /// adjustments. Reads one total and the (few) adjustments, never the
+    /// records.
     async fn billable_vcpu_hours(
         &self,
         org: &OrgId,
         period: &Period,
     ) -> Result<Decimal, StoreError> {
-        let records = self.usage_for_period(org, period).await?;
+        let total = self.period_total(org, period).await?;
         let adjustments = self.usage_adjustments(org, period).await?;
-        Ok(crate::domain::usage_report::billable_vcpu_hours(
-            &records,
+        Ok(crate::domain::usage_report::adjusted_vcpu_hours(
+            total.vcpu_hours(),
             &adjustments,
         ))
     }
+
+    /// The running total that [`record_usage`](Store::record_usage) and
+    /// [`record_usage_batch`](Store::record_usage_batch) keep for each org
+    /// and period: every applied record is added exactly once, even when a
+    /// write is retried or a writer dies half-way. Zero when there is none.
+    async fn period_total(&self, org: &OrgId, period: &Period) -> Result<PeriodTotal, StoreError>;
+    /// Every org's total for `period` (orgs with no usage are absent).
+    async fn period_totals(&self, period: &Period) -> Result<Vec<PeriodTotal>, StoreError>;
+    /// Replaces a total (reconciliation's repair). Racing a usage write can
+    /// lose that write's share: repair when no replica is writing usage.
+    async fn set_period_total(&self, total: &PeriodTotal) -> Result<(), StoreError>;
 
     /// Adds an operator adjustment once per `adjustment.key`.
     async fn add_usage_adjustment(&self, adjustment: &UsageAdjustment)
@@ -112,6 +125,11 @@ pub trait Store: Send + Sync + 'static {
         org: &OrgId,
         period: &Period,
     ) -> Result<Vec<UsageAdjustment>, StoreError>;
+    /// Every org's adjustments for `period`, oldest first.
+    async fn adjustments_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError>;
 
     /// Sets (or replaces: rotation) the SHA-256 hash of the org's API token.
     async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError>;
@@ -120,8 +138,44 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a webhook event as processed; `AlreadyApplied` if it was.
     async fn mark_event_processed(&self, event: &ProcessedEvent) -> Result<Write, StoreError>;
 
-    async fn record_invoice(&self, invoice: &InvoiceRecord) -> Result<Write, StoreError>;
-    async fn invoices_for_org(&self, org: &OrgId) -> Result<Vec<InvoiceRecord>, StoreError>;
+    // ----- billing ------------------------------------------------------------
+
+    /// Adds a record once per `record.key` (org and period); `AlreadyApplied`
+    /// if one exists, whatever its state.
+    async fn insert_billing_record(&self, record: &BillingRecord) -> Result<Write, StoreError>;
+    async fn billing_record(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Option<BillingRecord>, StoreError>;
+    /// By period.
+    async fn billing_records_for_org(&self, org: &OrgId) -> Result<Vec<BillingRecord>, StoreError>;
+    /// By org.
+    async fn billing_records_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<BillingRecord>, StoreError>;
+    /// Records in `state` whose `next_attempt_at` is at or before `now`,
+    /// oldest due first, at most `limit`.
+    async fn due_billing_records(
+        &self,
+        state: BillingState,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<BillingRecord>, StoreError>;
+    /// The record whose provider item id is `item_id`, if any.
+    async fn billing_record_by_item(
+        &self,
+        item_id: &str,
+    ) -> Result<Option<BillingRecord>, StoreError>;
+    /// Replaces a record only if its stored `updated_at` is still
+    /// `seen_updated_at` (so of two replicas only one moves it on);
+    /// `Ok(false)` when it changed in between or does not exist.
+    async fn update_billing_record_if_unchanged(
+        &self,
+        record: &BillingRecord,
+        seen_updated_at: UnixMillis,
+    ) -> Result<bool, StoreError>;
 
     /// One calibration per period; a second one for the same period is refused.
     async fn record_calibration(&self, record: &CalibrationRecord) -> Result<Write, StoreError>;
@@ -133,6 +187,9 @@ pub trait Store: Send + Sync + 'static {
     async fn append_tier_change(&self, change: &TierChange) -> Result<(), StoreError>;
     /// Oldest first.
     async fn tier_history(&self, org: &OrgId) -> Result<Vec<TierChange>, StoreError>;
+    /// Every org's tier changes at or after `since`, oldest first (what
+    /// billing needs to cut closed periods into tier segments).
+    async fn tier_changes_since(&self, since: UnixMillis) -> Result<Vec<TierChange>, StoreError>;
 
     // ----- tier lifecycle ---------------------------------------------------
 

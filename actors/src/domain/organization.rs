@@ -4,7 +4,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{org_id::OrgId, tier::Tier, time::UnixMillis};
+use super::{
+    org_id::OrgId,
+    spend::{CapReached, FreeOverage, SpendCap},
+    tier::Tier,
+    time::UnixMillis,
+};
 
 /// Why an upstream address is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +90,15 @@ pub struct LifecycleState {
     /// Where notifications about this organization are POSTed (optional).
     #[serde(default)]
     pub notification_url: Option<String>,
+    /// Optional monthly ceiling on overage cost.
+    #[serde(default)]
+    pub spend_cap: Option<SpendCap>,
+    /// Set in the period the cap was reached; enforced until it ends.
+    #[serde(default)]
+    pub cap_reached: Option<CapReached>,
+    /// A FREE org past its included hours this period (Q2 policy).
+    #[serde(default)]
+    pub free_overage: Option<FreeOverage>,
 }
 
 /// A tenant as the store keeps it.

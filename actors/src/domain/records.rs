@@ -1,5 +1,5 @@
 //! Records the platform keeps besides organizations: usage, processed webhook
-//! events, invoices, calibrations, notifications and the tier-change audit log.
+//! events, calibrations, notifications and the tier-change audit log.
 //!
 //! Each record that must not be applied twice carries a `key` that the store
 //! keeps unique; writing the same key again is reported, not applied.
@@ -102,21 +102,6 @@ pub struct ProcessedEvent {
     pub event_id: String,
     pub event_type: String,
     pub received_at: UnixMillis,
-}
-
-/// An overage charge sent (or to be sent) to the billing provider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InvoiceRecord {
-    /// Idempotency key, also sent to the billing provider.
-    pub key: String,
-    pub org: OrgId,
-    pub period: Period,
-    pub tier: Tier,
-    pub overage_vcpu_hours: Decimal,
-    pub amount: Decimal,
-    pub currency: String,
-    pub provider_item_id: Option<String>,
-    pub created_at: UnixMillis,
 }
 
 /// One month's comparison of estimated usage with the real infrastructure bill.

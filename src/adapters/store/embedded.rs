@@ -13,7 +13,6 @@
 //! |--------------------------|----------------------------------------------|
 //! | `usage_by_org_period`    | `<org>/<period>/<window_start>/<usage key>`  |
 //! | `adjustments_by_org_period` | `<org>/<period>/<created_at>/<seq>`       |
-//! | `invoices_by_org`        | `<org>/<created_at>/<seq>`                   |
 //! | `notifications_by_org`   | `<org>/<created_at>/<seq>`                   |
 //! | `tier_changes` (primary) | `<org>/<at>/<seq>`                           |
 //!
@@ -22,12 +21,16 @@
 //! insertion order. An `OrgId` never contains `/`, so `<org>/` is an exact
 //! prefix.
 //!
-//! The usage batch write and the API token table are in `embedded_usage.rs`.
+//! The usage batch write and the API token table are in `embedded_usage.rs`;
+//! period totals and billing records in `embedded/billing.rs`.
 //!
 //! redb is synchronous; every call runs on the blocking pool via
 //! [`tokio::task::spawn_blocking`] so it never stalls the async runtime.
 
+mod billing;
 mod lifecycle;
+
+pub(super) use billing::add_to_total;
 
 use std::{
     path::{Path, PathBuf},
@@ -38,10 +41,12 @@ use async_trait::async_trait;
 use dynabase_actors::{
     domain::{
         billing::SubscriptionOrder,
+        billing_record::{BillingRecord, BillingState},
         jobs::{Job, JobKind},
+        period_total::PeriodTotal,
         records::{
-            CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageAdjustment, UsageRecord, Write,
+            CalibrationRecord, Notification, Period, ProcessedEvent, TierChange, UsageAdjustment,
+            UsageRecord, Write,
         },
     },
     OrgId, Organization, Store, StoreError, UnixMillis,
@@ -67,8 +72,6 @@ const ADJUSTMENTS_BY_ORG_PERIOD: IndexTable = TableDefinition::new("adjustments_
 /// Org id → SHA-256 hash (hex) of its API token.
 pub(super) const API_TOKENS: IndexTable = TableDefinition::new("api_tokens");
 const EVENTS: DocTable = TableDefinition::new("webhook_events");
-const INVOICES: DocTable = TableDefinition::new("invoices");
-const INVOICES_BY_ORG: IndexTable = TableDefinition::new("invoices_by_org");
 const CALIBRATIONS: DocTable = TableDefinition::new("calibrations");
 const NOTIFICATIONS: DocTable = TableDefinition::new("notifications");
 const NOTIFICATIONS_BY_ORG: IndexTable = TableDefinition::new("notifications_by_org");
@@ -168,7 +171,8 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         USAGE,
         ADJUSTMENTS,
         EVENTS,
-        INVOICES,
+        billing::PERIOD_TOTALS,
+        billing::BILLING,
         CALIBRATIONS,
         NOTIFICATIONS,
         TIER_CHANGES,
@@ -181,7 +185,6 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         USAGE_BY_ORG_PERIOD,
         ADJUSTMENTS_BY_ORG_PERIOD,
         API_TOKENS,
-        INVOICES_BY_ORG,
         NOTIFICATIONS_BY_ORG,
         lifecycle::JOBS_DUE,
     ] {
@@ -467,6 +470,33 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn adjustments_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError> {
+        let period = period.clone();
+        self.run(move |db| billing::adjustments_for_period(db, ADJUSTMENTS, &period))
+            .await
+    }
+
+    async fn period_total(&self, org: &OrgId, period: &Period) -> Result<PeriodTotal, StoreError> {
+        let (org, period) = (org.clone(), period.clone());
+        self.run(move |db| billing::period_total(db, &org, &period))
+            .await
+    }
+
+    async fn period_totals(&self, period: &Period) -> Result<Vec<PeriodTotal>, StoreError> {
+        let period = period.clone();
+        self.run(move |db| billing::period_totals(db, &period))
+            .await
+    }
+
+    async fn set_period_total(&self, total: &PeriodTotal) -> Result<(), StoreError> {
+        let total = total.clone();
+        self.run(move |db| billing::set_period_total(db, &total))
+            .await
+    }
+
     async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError> {
         let (org, hash) = (org.clone(), hash.to_owned());
         self.run(move |db| usage::set_token_hash(db, org, &hash))
@@ -495,25 +525,75 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn record_invoice(&self, invoice: &InvoiceRecord) -> Result<Write, StoreError> {
-        let bytes = encode("invoice", invoice)?;
-        let key = invoice.key.clone();
-        let prefix = format!("{}/{}", invoice.org, sortable_millis(invoice.created_at.0));
+    async fn insert_billing_record(&self, record: &BillingRecord) -> Result<Write, StoreError> {
+        let record = record.clone();
+        self.run(move |db| billing::insert_record(db, &record))
+            .await
+    }
+
+    async fn billing_record(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Option<BillingRecord>, StoreError> {
+        let (org, period) = (org.clone(), period.clone());
+        self.run(move |db| billing::record(db, &org, &period)).await
+    }
+
+    async fn billing_records_for_org(&self, org: &OrgId) -> Result<Vec<BillingRecord>, StoreError> {
+        let org = org.clone();
         self.run(move |db| {
-            insert_if_absent(
-                db,
-                INVOICES,
-                &key,
-                &bytes,
-                Some((INVOICES_BY_ORG, IndexKey::Sequenced(prefix))),
-            )
+            let mut out = billing::records_where(db, |r| r.org == org)?;
+            out.sort_by(|a, b| a.period.cmp(&b.period));
+            Ok(out)
         })
         .await
     }
 
-    async fn invoices_for_org(&self, org: &OrgId) -> Result<Vec<InvoiceRecord>, StoreError> {
-        let org = org.clone();
-        self.run(move |db| docs_by_index(db, INVOICES_BY_ORG, INVOICES, org.as_str()))
+    async fn billing_records_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        let period = period.clone();
+        self.run(move |db| {
+            let mut out = billing::records_where(db, |r| r.period == period)?;
+            out.sort_by(|a, b| a.org.cmp(&b.org));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn due_billing_records(
+        &self,
+        state: BillingState,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        self.run(move |db| billing::due_records(db, state, now, limit))
+            .await
+    }
+
+    async fn billing_record_by_item(
+        &self,
+        item_id: &str,
+    ) -> Result<Option<BillingRecord>, StoreError> {
+        let item_id = item_id.to_owned();
+        self.run(move |db| {
+            let found = billing::records_where(db, |r| {
+                r.provider_item_id.as_deref() == Some(item_id.as_str())
+            })?;
+            Ok(found.into_iter().next())
+        })
+        .await
+    }
+
+    async fn update_billing_record_if_unchanged(
+        &self,
+        record: &BillingRecord,
+        seen_updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let record = record.clone();
+        self.run(move |db| billing::update_record_if_unchanged(db, &record, seen_updated_at))
             .await
     }
 
@@ -570,6 +650,11 @@ impl Store for EmbeddedStore {
     async fn tier_history(&self, org: &OrgId) -> Result<Vec<TierChange>, StoreError> {
         let org = org.clone();
         self.run(move |db| docs_with_prefix(db, TIER_CHANGES, org.as_str()))
+            .await
+    }
+
+    async fn tier_changes_since(&self, since: UnixMillis) -> Result<Vec<TierChange>, StoreError> {
+        self.run(move |db| billing::tier_changes_since(db, TIER_CHANGES, since))
             .await
     }
 

@@ -3,7 +3,10 @@
 //! the API token hashes (table `api_tokens`: org id → SHA-256 hex).
 
 use dynabase_actors::{
-    domain::records::{UsageRecord, Write},
+    domain::{
+        period_total::{record_units, UsageUnits},
+        records::{Period, UsageRecord, Write},
+    },
     OrgId, StoreError,
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -13,8 +16,18 @@ use super::embedded::{
     USAGE_BY_ORG_PERIOD,
 };
 
-/// A usage record's primary key, bytes and index entry.
-pub(super) fn usage_entry(record: &UsageRecord) -> Result<(String, Vec<u8>, IndexKey), StoreError> {
+/// A usage record as the batch write needs it: primary key, bytes, index
+/// entry, and what it adds to its period total.
+pub(super) struct UsageEntry {
+    key: String,
+    bytes: Vec<u8>,
+    index_key: IndexKey,
+    org: OrgId,
+    period: Period,
+    units: UsageUnits,
+}
+
+pub(super) fn usage_entry(record: &UsageRecord) -> Result<UsageEntry, StoreError> {
     let index_key = format!(
         "{}/{}/{}/{}",
         record.org,
@@ -22,29 +35,37 @@ pub(super) fn usage_entry(record: &UsageRecord) -> Result<(String, Vec<u8>, Inde
         sortable_millis(record.window_start.0),
         record.key
     );
-    Ok((
-        record.key.clone(),
-        encode("usage record", record)?,
-        IndexKey::Exact(index_key),
-    ))
+    Ok(UsageEntry {
+        key: record.key.clone(),
+        bytes: encode("usage record", record)?,
+        index_key: IndexKey::Exact(index_key),
+        org: record.org.clone(),
+        period: record.period.clone(),
+        units: record_units(record),
+    })
 }
 
-/// Inserts each record unless its key exists, all in one transaction (one
-/// fsync for the whole flush).
+/// Inserts each record unless its key exists, and adds each inserted one
+/// to its period total, all in one transaction (one fsync for the whole
+/// flush; the totals are exact because they commit with the records).
 pub(super) fn insert_usage(
     db: &Database,
-    entries: Vec<(String, Vec<u8>, IndexKey)>,
+    entries: Vec<UsageEntry>,
 ) -> Result<Vec<Write>, StoreError> {
     let txn = db.begin_write().map_err(unavailable)?;
     let mut writes = Vec::with_capacity(entries.len());
-    for (key, bytes, index_key) in entries {
-        writes.push(insert_in(
+    for e in entries {
+        let write = insert_in(
             &txn,
             USAGE,
-            &key,
-            &bytes,
-            Some((USAGE_BY_ORG_PERIOD, index_key)),
-        )?);
+            &e.key,
+            &e.bytes,
+            Some((USAGE_BY_ORG_PERIOD, e.index_key)),
+        )?;
+        if write == Write::Applied {
+            super::embedded::add_to_total(&txn, &e.org, &e.period, &e.units)?;
+        }
+        writes.push(write);
     }
     txn.commit().map_err(unavailable)?;
     Ok(writes)

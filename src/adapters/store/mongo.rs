@@ -17,8 +17,10 @@
 //! insert; between replicas writing in the same second the order is still
 //! deterministic, though not necessarily the order of arrival.
 
+mod billing;
 mod lifecycle;
 mod org_doc;
+mod period_totals;
 
 use std::time::Duration;
 
@@ -26,12 +28,13 @@ use async_trait::async_trait;
 use dynabase_actors::{
     domain::{
         billing::SubscriptionOrder,
+        billing_record::{BillingRecord, BillingState},
         jobs::{Job, JobKind},
+        period_total::PeriodTotal,
         records::{
-            CalibrationRecord, InvoiceRecord, Notification, Period, ProcessedEvent, TierChange,
-            UsageAdjustment, UsageRecord, Write,
+            CalibrationRecord, Notification, Period, ProcessedEvent, TierChange, UsageAdjustment,
+            UsageRecord, Write,
         },
-        usage_report::adjusted_vcpu_hours,
     },
     OrgId, Organization, Store, StoreError, Tier, UnixMillis,
 };
@@ -56,7 +59,6 @@ pub(super) const DUPLICATE_KEY: i32 = 11000;
 
 const ORGANIZATIONS: &str = "organizations";
 const WEBHOOK_EVENTS: &str = "webhookEvents";
-const INVOICES: &str = "invoices";
 const CALIBRATIONS: &str = "calibrations";
 const NOTIFICATIONS: &str = "notifications";
 const TIER_CHANGES: &str = "tierChanges";
@@ -87,56 +89,6 @@ struct EventDoc {
     event_id: String,
     event_type: String,
     received_at: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct InvoiceDoc {
-    #[serde(rename = "_id")]
-    key: String,
-    org: OrgId,
-    period: Period,
-    tier: Tier,
-    overage_vcpu_hours: Decimal,
-    amount: Decimal,
-    currency: String,
-    provider_item_id: Option<String>,
-    created_at: i64,
-    /// Tie-breaker for equal `createdAt`; see the module docs.
-    seq: ObjectId,
-}
-
-impl From<&InvoiceRecord> for InvoiceDoc {
-    fn from(r: &InvoiceRecord) -> Self {
-        Self {
-            key: r.key.clone(),
-            org: r.org.clone(),
-            period: r.period.clone(),
-            tier: r.tier,
-            overage_vcpu_hours: r.overage_vcpu_hours,
-            amount: r.amount,
-            currency: r.currency.clone(),
-            provider_item_id: r.provider_item_id.clone(),
-            created_at: r.created_at.0,
-            seq: ObjectId::new(),
-        }
-    }
-}
-
-impl From<InvoiceDoc> for InvoiceRecord {
-    fn from(d: InvoiceDoc) -> Self {
-        Self {
-            key: d.key,
-            org: d.org,
-            period: d.period,
-            tier: d.tier,
-            overage_vcpu_hours: d.overage_vcpu_hours,
-            amount: d.amount,
-            currency: d.currency,
-            provider_item_id: d.provider_item_id,
-            created_at: UnixMillis(d.created_at),
-        }
-    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -314,7 +266,8 @@ pub struct MongoStore {
     orgs: Collection<OrgDoc>,
     usage: UsageCollections,
     events: Collection<EventDoc>,
-    invoices: Collection<InvoiceDoc>,
+    totals: Collection<period_totals::PeriodTotalDoc>,
+    billing: Collection<billing::BillingDoc>,
     calibrations: Collection<CalibrationDoc>,
     notifications: Collection<NotificationDoc>,
     tier_changes: Collection<TierChangeDoc>,
@@ -344,7 +297,8 @@ impl MongoStore {
             orgs: db.collection(ORGANIZATIONS),
             usage: UsageCollections::new(&db),
             events: db.collection(WEBHOOK_EVENTS),
-            invoices: db.collection(INVOICES),
+            totals: db.collection(period_totals::PERIOD_TOTALS),
+            billing: db.collection(billing::BILLING_RECORDS),
             calibrations: db.collection(CALIBRATIONS),
             notifications: db.collection(NOTIFICATIONS),
             tier_changes: db.collection(TIER_CHANGES),
@@ -371,10 +325,11 @@ impl MongoStore {
             .ensure_indexes()
             .await
             .map_err(|(collection, source)| MongoStoreError::Index { collection, source })?;
-        self.invoices
-            .create_indexes([index(doc! { "org": 1 })])
+        self.totals
+            .create_indexes([index(doc! { "period": 1 })])
             .await
-            .map_err(wrap(INVOICES))?;
+            .map_err(wrap(period_totals::PERIOD_TOTALS))?;
+        billing::ensure_indexes(&self.billing).await?;
         self.notifications
             .create_indexes([index(doc! { "org": 1, "createdAt": 1 })])
             .await
@@ -438,11 +393,49 @@ impl Store for MongoStore {
     }
 
     async fn record_usage(&self, record: &UsageRecord) -> Result<Write, StoreError> {
-        self.usage.record(record).await
+        let writes = self
+            .record_usage_batch(std::slice::from_ref(record))
+            .await?;
+        Ok(writes.first().copied().unwrap_or(Write::Applied))
     }
 
     async fn record_usage_batch(&self, records: &[UsageRecord]) -> Result<Vec<Write>, StoreError> {
-        self.usage.record_batch(records).await
+        // See `mongo/period_totals.rs` for why this is exactly once.
+        let writes = self.usage.record_batch(records).await?;
+        let seen: Vec<&str> = records
+            .iter()
+            .zip(&writes)
+            .filter(|(_, w)| **w == Write::AlreadyApplied)
+            .map(|(r, _)| r.key.as_str())
+            .collect();
+        let pending = period_totals::untotaled(self.usage.records(), &seen).await?;
+        let todo: Vec<&UsageRecord> = records
+            .iter()
+            .zip(&writes)
+            .filter(|(r, w)| **w == Write::Applied || pending.contains(&r.key))
+            .map(|(r, _)| r)
+            .collect();
+        period_totals::add_records(&self.totals, self.usage.records(), &todo).await?;
+        Ok(writes)
+    }
+
+    async fn period_total(&self, org: &OrgId, period: &Period) -> Result<PeriodTotal, StoreError> {
+        period_totals::get(&self.totals, org, period).await
+    }
+
+    async fn period_totals(&self, period: &Period) -> Result<Vec<PeriodTotal>, StoreError> {
+        period_totals::for_period(&self.totals, period).await
+    }
+
+    async fn set_period_total(&self, total: &PeriodTotal) -> Result<(), StoreError> {
+        period_totals::set(&self.totals, total).await
+    }
+
+    async fn adjustments_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError> {
+        self.usage.adjustments_for_period(period).await
     }
 
     async fn usage_for_period(
@@ -465,16 +458,6 @@ impl Store for MongoStore {
         self.usage.adjustments(org, period).await
     }
 
-    async fn billable_vcpu_hours(
-        &self,
-        org: &OrgId,
-        period: &Period,
-    ) -> Result<Decimal, StoreError> {
-        let measured = self.usage.vcpu_hours_for_period(org, period).await?;
-        let adjustments = self.usage.adjustments(org, period).await?;
-        Ok(adjusted_vcpu_hours(measured, &adjustments))
-    }
-
     async fn set_api_token_hash(&self, org: &OrgId, hash: &str) -> Result<(), StoreError> {
         if self.get_org(org).await?.is_none() {
             return Err(StoreError::NotFound(org.clone()));
@@ -495,17 +478,51 @@ impl Store for MongoStore {
         insert_keyed(&self.events, &doc).await
     }
 
-    async fn record_invoice(&self, invoice: &InvoiceRecord) -> Result<Write, StoreError> {
-        insert_keyed(&self.invoices, &InvoiceDoc::from(invoice)).await
+    async fn insert_billing_record(&self, record: &BillingRecord) -> Result<Write, StoreError> {
+        billing::insert(&self.billing, record).await
     }
 
-    async fn invoices_for_org(&self, org: &OrgId) -> Result<Vec<InvoiceRecord>, StoreError> {
-        find_sorted(
-            &self.invoices,
-            doc! { "org": org.as_str() },
-            doc! { "createdAt": 1, "seq": 1 },
-        )
-        .await
+    async fn billing_record(
+        &self,
+        org: &OrgId,
+        period: &Period,
+    ) -> Result<Option<BillingRecord>, StoreError> {
+        billing::get(&self.billing, org, period).await
+    }
+
+    async fn billing_records_for_org(&self, org: &OrgId) -> Result<Vec<BillingRecord>, StoreError> {
+        billing::for_org(&self.billing, org).await
+    }
+
+    async fn billing_records_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        billing::for_period(&self.billing, period).await
+    }
+
+    async fn due_billing_records(
+        &self,
+        state: BillingState,
+        now: UnixMillis,
+        limit: usize,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        billing::due(&self.billing, state, now, limit).await
+    }
+
+    async fn billing_record_by_item(
+        &self,
+        item_id: &str,
+    ) -> Result<Option<BillingRecord>, StoreError> {
+        billing::by_item(&self.billing, item_id).await
+    }
+
+    async fn update_billing_record_if_unchanged(
+        &self,
+        record: &BillingRecord,
+        seen_updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        billing::update_if_unchanged(&self.billing, record, seen_updated_at).await
     }
 
     async fn record_calibration(&self, record: &CalibrationRecord) -> Result<Write, StoreError> {
@@ -542,6 +559,15 @@ impl Store for MongoStore {
         find_sorted(
             &self.tier_changes,
             doc! { "org": org.as_str() },
+            doc! { "at": 1, "_id": 1 },
+        )
+        .await
+    }
+
+    async fn tier_changes_since(&self, since: UnixMillis) -> Result<Vec<TierChange>, StoreError> {
+        find_sorted(
+            &self.tier_changes,
+            doc! { "at": { "$gte": since.0 } },
             doc! { "at": 1, "_id": 1 },
         )
         .await

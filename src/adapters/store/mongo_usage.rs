@@ -12,7 +12,6 @@ use dynabase_actors::{
     domain::records::{Period, UsageAdjustment, UsageRecord, Write},
     OrgId, StoreError, UnixMillis,
 };
-use futures_util::TryStreamExt;
 use mongodb::{
     bson::{doc, oid::ObjectId, Document},
     error::ErrorKind,
@@ -43,6 +42,10 @@ pub(super) struct UsageDoc {
     duration_us: u64,
     vcpu_hours: Decimal,
     gb_hours: Decimal,
+    /// Added to its period total (`mongo/period_totals.rs`); absent in
+    /// records written before totals existed.
+    #[serde(default)]
+    totaled: bool,
 }
 
 impl From<&UsageRecord> for UsageDoc {
@@ -57,6 +60,7 @@ impl From<&UsageRecord> for UsageDoc {
             duration_us: r.duration_us,
             vcpu_hours: r.vcpu_hours,
             gb_hours: r.gb_hours,
+            totaled: false,
         }
     }
 }
@@ -106,13 +110,6 @@ impl From<AdjustmentDoc> for UsageAdjustment {
     }
 }
 
-/// A usage record's vCPU-hours alone.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VcpuHoursDoc {
-    vcpu_hours: Decimal,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TokenDoc {
@@ -150,10 +147,6 @@ impl UsageCollections {
             .await
             .map_err(|e| (ADJUSTMENTS, e))?;
         Ok(())
-    }
-
-    pub(super) async fn record(&self, record: &UsageRecord) -> Result<Write, StoreError> {
-        insert_keyed(&self.usage, &UsageDoc::from(record)).await
     }
 
     pub(super) async fn record_batch(
@@ -197,23 +190,9 @@ impl UsageCollections {
         .await
     }
 
-    /// The sum of the period's measured vCPU-hours, reading only that field
-    /// of each record (the usage-warning check runs this per active org
-    /// every `usage.warning_check_interval`).
-    pub(super) async fn vcpu_hours_for_period(
-        &self,
-        org: &OrgId,
-        period: &Period,
-    ) -> Result<Decimal, StoreError> {
-        let cursor = self
-            .usage
-            .clone_with_type::<VcpuHoursDoc>()
-            .find(doc! { "org": org.as_str(), "period": period.as_str() })
-            .projection(doc! { "_id": 0, "vcpuHours": 1 })
-            .await
-            .map_err(store_error)?;
-        let docs: Vec<VcpuHoursDoc> = cursor.try_collect().await.map_err(store_error)?;
-        Ok(docs.iter().map(|d| d.vcpu_hours).sum())
+    /// The usage records' collection (the period totals mark them).
+    pub(super) fn records(&self) -> &Collection<UsageDoc> {
+        &self.usage
     }
 
     pub(super) async fn add_adjustment(&self, a: &UsageAdjustment) -> Result<Write, StoreError> {
@@ -238,6 +217,18 @@ impl UsageCollections {
         find_sorted(
             &self.adjustments,
             doc! { "org": org.as_str(), "period": period.as_str() },
+            doc! { "createdAt": 1, "seq": 1 },
+        )
+        .await
+    }
+
+    pub(super) async fn adjustments_for_period(
+        &self,
+        period: &Period,
+    ) -> Result<Vec<UsageAdjustment>, StoreError> {
+        find_sorted(
+            &self.adjustments,
+            doc! { "period": period.as_str() },
             doc! { "createdAt": 1, "seq": 1 },
         )
         .await

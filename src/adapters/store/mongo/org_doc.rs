@@ -2,7 +2,10 @@
 //! BSON, with instants as Unix milliseconds.
 
 use dynabase_actors::{
-    domain::organization::{LifecycleState, PendingTierChange},
+    domain::{
+        organization::{LifecycleState, PendingTierChange},
+        spend::{CapReached, FreeOverage, SpendCap},
+    },
     OrgId, Organization, Tier, UnixMillis, Upstream,
 };
 use serde::{Deserialize, Serialize};
@@ -22,6 +25,14 @@ struct LifecycleDoc {
     past_due_since: Option<i64>,
     #[serde(default)]
     notification_url: Option<String>,
+    // Money controls keep the domain's own (snake_case) shape: amounts are
+    // decimal strings, instants Unix milliseconds.
+    #[serde(default)]
+    spend_cap: Option<SpendCap>,
+    #[serde(default)]
+    cap_reached: Option<CapReached>,
+    #[serde(default)]
+    free_overage: Option<FreeOverage>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,6 +72,9 @@ impl From<&Organization> for OrgDoc {
             lifecycle: LifecycleDoc {
                 past_due_since: o.lifecycle.past_due_since.map(|t| t.0),
                 notification_url: o.lifecycle.notification_url.clone(),
+                spend_cap: o.lifecycle.spend_cap.clone(),
+                cap_reached: o.lifecycle.cap_reached.clone(),
+                free_overage: o.lifecycle.free_overage.clone(),
             },
         }
     }
@@ -85,6 +99,9 @@ impl From<OrgDoc> for Organization {
             lifecycle: LifecycleState {
                 past_due_since: d.lifecycle.past_due_since.map(UnixMillis),
                 notification_url: d.lifecycle.notification_url,
+                spend_cap: d.lifecycle.spend_cap,
+                cap_reached: d.lifecycle.cap_reached,
+                free_overage: d.lifecycle.free_overage,
             },
         }
     }
