@@ -6,6 +6,7 @@
 use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
 use dynabase_actors::{
+    billing::runner::BillingTick,
     lifecycle::Tick,
     shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
@@ -167,6 +168,7 @@ pub async fn run(
         notification_sender: Arc::new(sender),
         notification_backoff: notifications.backoff,
         notification_max_attempts: notifications.max_attempts,
+        billing: settings.billing.config.clone(),
         ..PlatformDeps::new(store.clone(), catalog.clone(), usage_config)
     });
     let invalidations = match (&settings.redis, redis_client) {
@@ -187,6 +189,7 @@ pub async fn run(
             actors.clone(),
             settings.tier_cache.refresh_interval,
         )),
+        tokio::spawn(tick_billing(actors.clone(), settings.billing.interval)),
     ];
     let sessions = Arc::new(SessionTable::default());
 
@@ -252,6 +255,7 @@ pub async fn run(
             allow_clock_override: settings.schedule.allow_clock_override,
             invalidations,
         },
+        billing: settings.billing.config.clone(),
     };
     let server = http::serve(listeners.http, state, settings.shutdown_deadline)?;
     let handle = server.handle();
@@ -329,6 +333,27 @@ async fn tick_lifecycle(actors: PlatformActors, interval: Duration) {
             .is_err()
         {
             tracing::error!("lifecycle scheduler unavailable");
+        }
+    }
+}
+
+/// Runs the billing job on the wall clock: the last closed period once it
+/// has settled, and every charge due for a retry.
+async fn tick_billing(actors: PlatformActors, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match actors
+            .billing
+            .send(BillingTick {
+                now: UnixMillis::now(),
+            })
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "billing run failed; retried next tick"),
+            Err(_) => tracing::error!("billing job unavailable"),
         }
     }
 }

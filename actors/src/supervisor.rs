@@ -9,6 +9,12 @@ use actix::{Addr, Supervisor};
 use async_trait::async_trait;
 
 use crate::{
+    billing::{
+        provider::{InvoiceItems, NoInvoiceItems},
+        runner::{BillingRunner, RunnerDeps},
+        usage_policy::UsagePolicy,
+        BillingConfig,
+    },
     calibrator::Calibrator,
     domain::{
         billing::PriceMap,
@@ -38,6 +44,8 @@ pub struct PlatformActors {
     pub usage: Addr<UsageAccumulator>,
     pub calibrator: Addr<Calibrator>,
     pub webhooks: Addr<WebhookHandler>,
+    /// Bills closed periods (schedule and on demand).
+    pub billing: Addr<BillingRunner>,
     pub tenants: TenantRegistry,
     /// Applies `Tick { now }`: due downgrades, event retries, deliveries.
     pub lifecycle: Addr<LifecycleScheduler>,
@@ -58,6 +66,9 @@ pub struct PlatformDeps {
     pub notification_backoff: Backoff,
     pub notification_max_attempts: u32,
     pub usage: UsageConfig,
+    pub billing: BillingConfig,
+    /// The payment provider's invoice items (Stripe in the binary).
+    pub invoice_items: Arc<dyn InvoiceItems>,
 }
 
 impl PlatformDeps {
@@ -78,6 +89,8 @@ impl PlatformDeps {
                 max: Duration::from_secs(3600),
             },
             notification_max_attempts: 25,
+            billing: BillingConfig::default(),
+            invoice_items: Arc::new(NoInvoiceItems),
         }
     }
 }
@@ -105,8 +118,9 @@ impl PlatformActors {
     pub fn start_with(deps: PlatformDeps) -> Self {
         let (usage_store, usage_catalog, usage) =
             (deps.store.clone(), deps.catalog.clone(), deps.usage);
-        let mut tenants =
-            TenantRegistry::new(deps.store.clone(), deps.catalog).with_tier_cache(deps.tier_cache);
+        let mut tenants = TenantRegistry::new(deps.store.clone(), deps.catalog.clone())
+            .with_tier_cache(deps.tier_cache)
+            .with_upgrade_url(&deps.billing.upgrade_url);
         if let Some(policy) = deps.shared_limits {
             tenants = tenants.with_shared_limits(policy);
         }
@@ -121,6 +135,18 @@ impl PlatformActors {
             notifier.clone(),
             deps.policy,
         );
+        let policy = UsagePolicy {
+            config: deps.billing.clone(),
+            tenants: tenants.clone(),
+            notifier: notifier.clone(),
+        };
+        let runner_deps = Arc::new(RunnerDeps {
+            store: deps.store.clone(),
+            catalog: deps.catalog.clone(),
+            provider: deps.invoice_items,
+            config: deps.billing,
+            notifier: notifier.clone(),
+        });
         let effects = BillingEffects::new(changer.clone(), deps.prices);
         let store = deps.store.clone();
         let webhooks = Supervisor::start(move |_| WebhookHandler::new(store, effects));
@@ -133,9 +159,10 @@ impl PlatformActors {
         Self {
             rate_limiter: Supervisor::start(|_| RateLimiter::default()),
             usage: Supervisor::start(move |_| {
-                UsageAccumulator::new(usage_store, usage_catalog, usage)
+                UsageAccumulator::new(usage_store, usage_catalog, usage).with_policy(policy)
             }),
             calibrator: Supervisor::start(|_| Calibrator::default()),
+            billing: Supervisor::start(move |_| BillingRunner::new(runner_deps)),
             webhooks,
             tenants,
             lifecycle: Supervisor::start(move |_| LifecycleScheduler::new(scheduler_deps)),

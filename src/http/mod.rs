@@ -6,6 +6,7 @@
 
 mod api_token;
 mod auth;
+mod billing;
 mod connections;
 pub mod customer_limits;
 pub mod error;
@@ -44,6 +45,8 @@ pub struct HttpState {
     /// Per-organization request limits of the customer routes (`/v1`).
     pub customer_limits: customer_limits::CustomerLimits,
     pub lifecycle: LifecycleHttp,
+    /// Billing rules the reports show (currency, upgrade URL).
+    pub billing: dynabase_actors::billing::BillingConfig,
 }
 
 /// What the tier lifecycle's routes need.
@@ -71,6 +74,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(usage::adjust)
         .service(usage::issue_token)
         .service(usage::customer_report)
+        .service(billing::preview)
+        .service(billing::run)
+        .service(billing::org_records)
+        .service(billing::admin_set_cap)
+        .service(billing::customer_set_cap)
         .service(lifecycle_admin::set_tier)
         .service(lifecycle_admin::tier_history)
         .service(lifecycle_admin::notifications)

@@ -42,6 +42,7 @@ impl ClientError {
             ClientError::UnknownOrganization(_) | ClientError::NoOrganization => "28000",
             ClientError::Md5WithOrgInUserName => "28000",
             ClientError::TlsRequired => "28000",
+            ClientError::ConnectionLimit(ConnectionRefusal::ForcedUpgrade { .. }) => "53400",
             ClientError::ConnectionLimit(_) => "53300",
             ClientError::UnsupportedProtocol { .. } | ClientError::ProtocolViolation(_) => "08P01",
             ClientError::UnsupportedAuth => "08P01",
@@ -61,6 +62,11 @@ impl ClientError {
                     None => "Close idle connections or use a connection pool.".to_owned(),
                 })
             }
+            ClientError::ConnectionLimit(ConnectionRefusal::ForcedUpgrade {
+                upgrade_url, ..
+            }) => Some(format!(
+                "Upgrade to tier STARTER or above to connect again this period: {upgrade_url}"
+            )),
             ClientError::Md5WithOrgInUserName => Some(
                 "The MD5 hash covers the user name, so it cannot survive the proxy rewriting it. Use SCRAM-SHA-256 for this role (recommended), or connect over TLS with the host name <organization>.<domain> and the plain role name.".to_owned(),
             ),
@@ -92,6 +98,9 @@ impl ClientError {
         match self {
             ClientError::UnknownOrganization(_) => "unknown_org",
             ClientError::NoOrganization => "no_org",
+            ClientError::ConnectionLimit(ConnectionRefusal::ForcedUpgrade { .. }) => {
+                "forced_upgrade"
+            }
             ClientError::ConnectionLimit(_) => "connection_limit",
             ClientError::UnsupportedProtocol { .. } => "unsupported_protocol",
             ClientError::TlsRequired => "tls_required",
@@ -109,12 +118,24 @@ impl ClientError {
 
 /// The ERROR 53400 a refused query cycle gets; the session stays usable.
 pub fn rate_limited(refusal: &RateRefusal) -> Box<[u8]> {
-    let message = refusal.to_string();
-    let detail = format!("Retry after {} ms.", refusal.retry_after.as_millis().max(1));
-    let hint = match refusal.next {
-        Some((tier, Some(qps))) => format!("Upgrade to tier {tier} for {qps} queries/s."),
-        Some((tier, None)) => format!("Upgrade to tier {tier} for unlimited queries/s."),
-        None => "Spread queries over time or batch them.".to_owned(),
+    let (message, detail, hint) = match refusal.spend_cap {
+        Some(cap) => (
+            format!(
+                "spend cap of {cap} reached for organization {} this period: query cycles are refused",
+                refusal.org
+            ),
+            "Refused until the cap is raised or the period ends.".to_owned(),
+            "Raise the spend cap (PUT /v1/spend-cap with the organization's API token, or ask your operator).".to_owned(),
+        ),
+        None => (
+            refusal.to_string(),
+            format!("Retry after {} ms.", refusal.retry_after.as_millis().max(1)),
+            match refusal.next {
+                Some((tier, Some(qps))) => format!("Upgrade to tier {tier} for {qps} queries/s."),
+                Some((tier, None)) => format!("Upgrade to tier {tier} for unlimited queries/s."),
+                None => "Spread queries over time or batch them.".to_owned(),
+            },
+        ),
     };
     let mut out = Vec::with_capacity(256);
     backend::error_response(

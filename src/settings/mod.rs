@@ -64,6 +64,7 @@ pub struct Settings {
     pub stripe: StripeSettings,
     pub notifications: NotificationSettings,
     pub usage: UsageSettings,
+    pub billing: BillingSettings,
     pub catalog: TierCatalog,
     pub log_filter: String,
 }
@@ -167,6 +168,14 @@ pub struct NotificationSettings {
     pub signing_secret: Secret,
     pub max_attempts: u32,
     pub backoff: Backoff,
+}
+
+/// `[billing]`.
+#[derive(Debug, Clone)]
+pub struct BillingSettings {
+    pub config: dynabase_actors::billing::BillingConfig,
+    /// How often the billing job runs.
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ pub struct RawSettings {
     pub stripe: RawStripe,
     pub notifications: RawNotifications,
     pub usage: RawUsage,
+    pub billing: RawBilling,
     pub log: RawLog,
     pub tiers: BTreeMap<String, RawTier>,
 }
@@ -124,6 +125,18 @@ pub struct RawUsage {
 pub struct RawFactor {
     pub complexity: f64,
     pub parallelism: f64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawBilling {
+    pub settle_delay: String,
+    pub interval: String,
+    pub currency: String,
+    pub lease: String,
+    pub retry_base: String,
+    pub retry_max: String,
+    pub free_soft_period: String,
+    pub upgrade_url: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,6 +3,7 @@
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use dynabase_actors::{
+    billing::BillingConfig,
     domain::{billing::PriceMap, catalog::LifecyclePolicy, jobs::Backoff},
     SessionSettings, Tier, TierCatalog, TierLimits, UsageFactor, UsageFactors,
 };
@@ -10,9 +11,9 @@ use rust_decimal::Decimal;
 
 use super::{
     raw::{NumberOrWord, RawFactor, RawSettings, RawTier},
-    HttpSettings, LimitSettings, MongoSettings, NotificationSettings, Problem, ProxySettings,
-    RedisSettings, ScheduleSettings, Secret, Settings, StoreSettings, StripeSettings,
-    TierCacheSettings, TlsFiles, UsageSettings,
+    BillingSettings, HttpSettings, LimitSettings, MongoSettings, NotificationSettings, Problem,
+    ProxySettings, RedisSettings, ScheduleSettings, Secret, Settings, StoreSettings,
+    StripeSettings, TierCacheSettings, TlsFiles, UsageSettings,
 };
 
 /// Longest accepted `proxy.busy_poll`.
@@ -100,10 +101,19 @@ impl Checker {
                 parallelism: Decimal::ONE,
             };
         };
-        UsageFactor {
+        let factor = UsageFactor {
             complexity: self.factor_value(&format!("{key}.complexity"), raw.complexity),
             parallelism: self.factor_value(&format!("{key}.parallelism"), raw.parallelism),
+        };
+        // Period totals count vCPU-nanoseconds: exact while µs × factor
+        // has at most three decimals.
+        if factor.vcpu_per_hour().normalize().scale() > 3 {
+            self.fail(
+                key,
+                "complexity × parallelism must have at most three decimal places",
+            );
         }
+        factor
     }
 
     /// A TOML number as the exact decimal it was written as: Rust prints an
@@ -371,6 +381,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
             ),
             factors,
         },
+        billing: billing(&mut c, &raw.billing),
         catalog,
         log_filter: raw.log.filter,
     };
@@ -406,6 +417,40 @@ fn notifications(c: &mut Checker, raw: &super::raw::RawNotifications) -> Notific
         signing_secret: Secret::new(raw.signing_secret.clone()),
         max_attempts: c.count("notifications.max_attempts", raw.max_attempts, 1),
         backoff: Backoff { base, max },
+    }
+}
+
+fn billing(c: &mut Checker, raw: &super::raw::RawBilling) -> BillingSettings {
+    let base = c.positive_duration("billing.retry_base", &raw.retry_base);
+    let max = c.positive_duration("billing.retry_max", &raw.retry_max);
+    if max < base {
+        c.fail(
+            "billing.retry_max",
+            "must not be shorter than billing.retry_base",
+        );
+    }
+    if raw.currency.len() != 3 || !raw.currency.bytes().all(|b| b.is_ascii_lowercase()) {
+        c.fail(
+            "billing.currency",
+            format!(
+                "must be a lowercase ISO 4217 code such as \"usd\", got \"{}\"",
+                raw.currency
+            ),
+        );
+    }
+    if !(raw.upgrade_url.starts_with("https://") || raw.upgrade_url.starts_with("http://")) {
+        c.fail("billing.upgrade_url", "must be an http(s) URL");
+    }
+    BillingSettings {
+        config: BillingConfig {
+            currency: raw.currency.clone(),
+            settle_delay: c.duration("billing.settle_delay", &raw.settle_delay),
+            lease: c.positive_duration("billing.lease", &raw.lease),
+            retry: Backoff { base, max },
+            free_soft_period: c.duration("billing.free_soft_period", &raw.free_soft_period),
+            upgrade_url: raw.upgrade_url.clone(),
+        },
+        interval: c.positive_duration("billing.interval", &raw.interval),
     }
 }
 

@@ -45,6 +45,12 @@ pub enum NotificationKind {
     PaymentRecovered,
     /// 80% or 100% of the tier's included vCPU-hours used.
     UsageWarning,
+    /// A FREE org passed its included hours: the upgrade prompt.
+    FreeOverage,
+    /// 80% of the spend cap, a projection above it, or the cap reached.
+    SpendCap,
+    /// The payment provider refused a period's overage charge.
+    BillingFailed,
 }
 
 impl NotificationKind {
@@ -56,6 +62,9 @@ impl NotificationKind {
             NotificationKind::PaymentFailed => "payment_failed",
             NotificationKind::PaymentRecovered => "payment_recovered",
             NotificationKind::UsageWarning => "usage_warning",
+            NotificationKind::FreeOverage => "free_overage",
+            NotificationKind::SpendCap => "spend_cap",
+            NotificationKind::BillingFailed => "billing_failed",
         }
     }
 }

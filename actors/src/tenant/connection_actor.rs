@@ -18,7 +18,10 @@ use crate::{
     domain::{
         catalog::{TierCatalog, TierLimits},
         organization::Organization,
+        records::Period,
+        spend::CapAction,
         tier::Tier,
+        time::UnixMillis,
     },
     shared_limits::{SharedLimits, SyncRequest},
 };
@@ -80,6 +83,18 @@ pub enum ConnectionRefusal {
         /// The next tier up and its connection limit, for the upgrade hint.
         next: Option<(Tier, u32)>,
     },
+    /// FREE's forced upgrade (DESIGN.md Q2): the org used more than its
+    /// included hours this period and the soft period is over.
+    #[error(
+        "organization {org} used more than the {included} vCPU-hours included in tier FREE for {period}; after the soft period that ended {enforced_from}, new connections are refused until it upgrades or the period ends"
+    )]
+    ForcedUpgrade {
+        org: String,
+        period: String,
+        included: String,
+        enforced_from: String,
+        upgrade_url: String,
+    },
 }
 
 /// Returns a slot taken with [`Admit`].
@@ -116,6 +131,10 @@ pub struct ConnectionActor {
     active_connections: u32,
     admitted_total: u64,
     refused_total: u64,
+    /// The spend-cap action the current gate applies, if any.
+    cap_applied: Option<CapAction>,
+    /// Where FREE's forced-upgrade refusal sends people.
+    upgrade_url: Arc<str>,
 }
 
 impl ConnectionActor {
@@ -138,9 +157,46 @@ impl ConnectionActor {
             active_connections: 0,
             admitted_total: 0,
             refused_total: 0,
+            cap_applied: None,
+            upgrade_url: Arc::from(""),
         };
         actor.replace_gate();
         actor
+    }
+
+    /// Sets the upgrade URL named in forced-upgrade refusals.
+    pub fn with_upgrade_url(mut self, url: Arc<str>) -> Self {
+        self.upgrade_url = url;
+        self
+    }
+
+    /// The spend-cap action in force at `now`: the org reached its cap in
+    /// the current period.
+    fn cap_in_force(&self, now: UnixMillis) -> Option<(CapAction, rust_decimal::Decimal)> {
+        let life = &self.organization.lifecycle;
+        let cap = life.spend_cap.as_ref()?;
+        let reached = life.cap_reached.as_ref()?;
+        (reached.period == Period::containing(now)).then_some((cap.action, cap.amount))
+    }
+
+    /// FREE's forced upgrade, if in force at `now`.
+    fn forced_upgrade(&self, now: UnixMillis) -> Option<ConnectionRefusal> {
+        if self.organization.tier != Tier::Free {
+            return None;
+        }
+        let state = self.organization.lifecycle.free_overage.as_ref()?;
+        state
+            .enforced_at(now)
+            .then(|| ConnectionRefusal::ForcedUpgrade {
+                org: self.organization.id.to_string(),
+                period: state.period.to_string(),
+                included: self
+                    .limits()
+                    .included_vcpu_hours
+                    .map_or_else(|| "included".to_owned(), |h| h.normalize().to_string()),
+                enforced_from: state.enforce_from.to_rfc3339(),
+                upgrade_url: self.upgrade_url.to_string(),
+            })
     }
 
     fn limits(&self) -> &TierLimits {
@@ -173,7 +229,28 @@ impl ConnectionActor {
         let catalog = self.catalog.clone();
         let limits = catalog.get(self.organization.tier);
         let next = self.organization.tier.next().map(|t| catalog.get(t));
+        let cap = self.cap_in_force(UnixMillis::now());
+        self.cap_applied = cap.map(|(action, _)| action);
+        // Throttled to FREE's rate (locally on each replica), keeping the
+        // tier's other limits.
+        let throttled;
+        let limits = match cap {
+            Some((CapAction::Throttle, _)) => {
+                let free = catalog.get(Tier::Free);
+                throttled = TierLimits {
+                    qps: free.qps,
+                    burst: free.burst,
+                    ..limits.clone()
+                };
+                &throttled
+            }
+            _ => limits,
+        };
         let gate = match (&self.shared, limits.qps) {
+            _ if cap.is_some() => match cap {
+                Some((CapAction::Refuse, amount)) => QueryGate::capped(org, limits, amount),
+                _ => QueryGate::new(org, limits, next),
+            },
             (None, _) | (_, None) | (_, Some(0)) => QueryGate::new(org, limits, next),
             (Some(policy), Some(qps)) => {
                 let replicas = f64::from(policy.shared.health().replicas.max(1));
@@ -254,6 +331,15 @@ impl Handler<Admit> for ConnectionActor {
     type Result = Result<Admission, ConnectionRefusal>;
 
     fn handle(&mut self, _: Admit, _: &mut Context<Self>) -> Self::Result {
+        let now = UnixMillis::now();
+        if let Some(refusal) = self.forced_upgrade(now) {
+            self.refused_total += 1;
+            return Err(refusal);
+        }
+        // A cap reached last period lapses with it.
+        if self.cap_in_force(now).map(|(a, _)| a) != self.cap_applied {
+            self.replace_gate();
+        }
         let limits = self.limits().clone();
         let cap = self.connection_cap();
         let tier = self.organization.tier;
@@ -293,7 +379,8 @@ impl Handler<ApplyOrganization> for ConnectionActor {
     fn handle(&mut self, msg: ApplyOrganization, _: &mut Context<Self>) {
         let tier_changed = msg.0.tier != self.organization.tier;
         self.organization = msg.0;
-        if tier_changed {
+        let cap_changed = self.cap_in_force(UnixMillis::now()).map(|(a, _)| a) != self.cap_applied;
+        if tier_changed || cap_changed {
             // Live sessions pick the new gate up on their next cycle.
             self.share = None;
             self.replace_gate();

@@ -46,12 +46,18 @@ pub struct RateRefusal {
     pub retry_after: Duration,
     /// The next tier up and its limit (`None` = unlimited), for the hint.
     pub next: Option<(Tier, Option<u32>)>,
+    /// Set when the cycle was refused because the org reached its spend
+    /// cap (the amount), not its rate.
+    pub spend_cap: Option<rust_decimal::Decimal>,
 }
 
 /// How a gate enforces its limit.
 enum Mode {
     /// No limit: nothing to check.
     Unlimited,
+    /// Every cycle refused: the org reached its spend cap and the cap's
+    /// action is to refuse.
+    Capped(rust_decimal::Decimal),
     /// A local GCRA limiter: the whole limit (one replica) or this
     /// replica's share of it.
     Local(DefaultDirectRateLimiter),
@@ -83,6 +89,7 @@ impl std::fmt::Debug for QueryGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = match self.mode {
             Mode::Unlimited => "unlimited",
+            Mode::Capped(_) => "capped",
             Mode::Local(_) => "local",
             Mode::Central { .. } => "central",
         };
@@ -113,6 +120,11 @@ impl QueryGate {
             Some(qps) => Mode::Local(limiter(f64::from(qps), burst_of(limits))),
         };
         Self::with_mode(org, limits, next, mode)
+    }
+
+    /// A gate refusing every cycle: the org reached its spend `cap`.
+    pub fn capped(org: OrgId, limits: &TierLimits, cap: rust_decimal::Decimal) -> Self {
+        Self::with_mode(org, limits, None, Mode::Capped(cap))
     }
 
     /// A gate enforcing `share` cycles/s of the org-wide limit on this
@@ -211,6 +223,8 @@ impl QueryGate {
     pub fn check(&self) -> GateVerdict {
         match &self.mode {
             Mode::Unlimited => GateVerdict::Go,
+            // Longer than any queue delay: refused at once.
+            Mode::Capped(_) => GateVerdict::Wait(Duration::from_secs(3600)),
             Mode::Local(limiter) => match limiter.check() {
                 Ok(()) => GateVerdict::Go,
                 Err(not_until) => {
@@ -275,6 +289,10 @@ impl QueryGate {
             limit: self.qps.unwrap_or(0),
             retry_after,
             next: self.next,
+            spend_cap: match self.mode {
+                Mode::Capped(cap) => Some(cap),
+                _ => None,
+            },
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct TenantRegistry {
     /// Tenant actors run here, whichever thread asks for them.
     arbiter: ArbiterHandle,
     shared: Option<SharedPolicy>,
+    /// Named in FREE's forced-upgrade refusals.
+    upgrade_url: Arc<str>,
 }
 
 impl TenantRegistry {
@@ -63,7 +65,15 @@ impl TenantRegistry {
             unknown: Arc::default(),
             arbiter: Arbiter::current(),
             shared: None,
+            upgrade_url: Arc::from(""),
         }
+    }
+
+    /// The upgrade URL tenant actors name in forced-upgrade refusals. Call
+    /// before cloning the registry.
+    pub fn with_upgrade_url(mut self, url: &str) -> Self {
+        self.upgrade_url = Arc::from(url);
+        self
     }
 
     /// Puts a shared tier cache between the actors and the store. Call before
@@ -146,16 +156,23 @@ impl TenantRegistry {
         let catalog = self.catalog.clone();
         let arbiter = &self.arbiter;
         let shared = &self.shared;
+        let url = &self.upgrade_url;
         // Two callers may race here; the entry API keeps exactly one actor.
         let addr = self
             .actors
             .entry(id.clone())
             .and_modify(|existing| {
                 if !existing.connected() {
-                    *existing = start(arbiter, org.clone(), catalog.clone(), shared.clone());
+                    *existing = start(
+                        arbiter,
+                        org.clone(),
+                        catalog.clone(),
+                        shared.clone(),
+                        url.clone(),
+                    );
                 }
             })
-            .or_insert_with(|| start(arbiter, org, catalog, shared.clone()))
+            .or_insert_with(|| start(arbiter, org, catalog, shared.clone(), url.clone()))
             .clone();
         // An invalidation that arrived while this record was being read found
         // no actor to reload; reload now so the change is not missed.
@@ -215,8 +232,11 @@ fn start(
     org: Organization,
     catalog: Arc<TierCatalog>,
     shared: Option<SharedPolicy>,
+    upgrade_url: Arc<str>,
 ) -> Addr<ConnectionActor> {
-    Supervisor::start_in_arbiter(arbiter, move |_| ConnectionActor::new(org, catalog, shared))
+    Supervisor::start_in_arbiter(arbiter, move |_| {
+        ConnectionActor::new(org, catalog, shared).with_upgrade_url(upgrade_url)
+    })
 }
 
 #[cfg(test)]

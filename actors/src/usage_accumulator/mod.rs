@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 pub use self::book::{BookConfig, FoldedCycles, UsageBook};
 use self::warnings::Warnings;
 use crate::{
+    billing::usage_policy::UsagePolicy,
     domain::{
         catalog::TierCatalog,
         cycle::CycleEvent,
@@ -123,6 +124,8 @@ pub struct UsageAccumulator {
     warning_check_interval: Duration,
     warnings: Warnings,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// FREE's overage policy and spend caps, run with each warning check.
+    policy: Option<UsagePolicy>,
     records_written: u64,
     records_already_applied: u64,
     failed_writes: u64,
@@ -139,10 +142,17 @@ impl UsageAccumulator {
             warning_check_interval: config.warning_check_interval,
             warnings: Warnings::default(),
             flush_waiters: Vec::new(),
+            policy: None,
             records_written: 0,
             records_already_applied: 0,
             failed_writes: 0,
         }
+    }
+
+    /// Runs `policy` with every warning check.
+    pub fn with_policy(mut self, policy: UsagePolicy) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     fn report(&self) -> FlushReport {
@@ -244,6 +254,7 @@ impl UsageAccumulator {
         }
         self.warnings.checking = true;
         let (store, catalog) = (self.store.clone(), self.catalog.clone());
+        let policy = self.policy.clone();
         let checks = async move {
             let mut outcomes = Vec::with_capacity(due.len());
             for key in due {
@@ -251,6 +262,7 @@ impl UsageAccumulator {
                     store.clone(),
                     catalog.clone(),
                     key.clone(),
+                    policy.as_ref(),
                     UnixMillis::now(),
                 )
                 .await;
@@ -269,6 +281,7 @@ impl UsageAccumulator {
                                     .increment(1);
                                 tracing::info!(org = %key.0, period = %key.1, threshold, "usage warning recorded");
                             }
+                            act.warnings.watch(key.clone(), outcome.watching);
                             act.warnings.fired(key, &outcome.reached);
                         }
                         Err(error) => {

@@ -16,6 +16,7 @@ use std::{
 use rust_decimal::Decimal;
 
 use crate::{
+    billing::usage_policy::{PolicyError, UsagePolicy},
     domain::{
         catalog::TierCatalog,
         org_id::OrgId,
@@ -43,6 +44,9 @@ pub struct Warnings {
     dirty: HashMap<OrgPeriod, Option<Instant>>,
     last_checked: HashMap<OrgPeriod, Instant>,
     fired: HashSet<(OrgPeriod, u32)>,
+    /// Pairs the usage policy still watches after every threshold fired
+    /// (a spend cap not reached yet).
+    watched: HashSet<OrgPeriod>,
     /// A check is running (one at a time keeps store reads bounded).
     pub checking: bool,
 }
@@ -52,9 +56,10 @@ impl Warnings {
     pub fn usage_written(&mut self, written: &[UsageRecord]) {
         for r in written {
             let key = (r.org.clone(), r.period.clone());
-            if !THRESHOLDS
-                .iter()
-                .all(|t| self.fired.contains(&(key.clone(), *t)))
+            if self.watched.contains(&key)
+                || !THRESHOLDS
+                    .iter()
+                    .all(|t| self.fired.contains(&(key.clone(), *t)))
             {
                 self.changed(key);
             }
@@ -89,6 +94,15 @@ impl Warnings {
         }
     }
 
+    /// Whether the usage policy still needs checks of this pair.
+    pub fn watch(&mut self, key: OrgPeriod, watching: bool) {
+        if watching {
+            self.watched.insert(key);
+        } else {
+            self.watched.remove(&key);
+        }
+    }
+
     /// A check failed: check again next time.
     pub fn retry(&mut self, key: OrgPeriod) {
         self.last_checked.remove(&key);
@@ -104,6 +118,8 @@ pub struct CheckOutcome {
     pub reached: Vec<u32>,
     /// Thresholds this call announced.
     pub announced: Vec<u32>,
+    /// The usage policy wants later checks of this pair.
+    pub watching: bool,
 }
 
 /// Reads the org's billable vCPU-hours for the period and records the
@@ -113,13 +129,15 @@ pub async fn check(
     store: Arc<dyn Store>,
     catalog: Arc<TierCatalog>,
     key: OrgPeriod,
+    policy: Option<&UsagePolicy>,
     now: UnixMillis,
-) -> Result<CheckOutcome, StoreError> {
+) -> Result<CheckOutcome, PolicyError> {
     let (org, period) = &key;
     let mut outcome = CheckOutcome {
         key: key.clone(),
         reached: Vec::new(),
         announced: Vec::new(),
+        watching: false,
     };
     let Some(organization) = store.get_org(org).await? else {
         return Ok(outcome);
@@ -130,6 +148,11 @@ pub async fn check(
         return Ok(outcome);
     };
     let used = store.billable_vcpu_hours(org, period).await?;
+    if let Some(policy) = policy {
+        outcome.watching = policy
+            .evaluate(store.as_ref(), limits, &organization, period, used, now)
+            .await?;
+    }
     for threshold in THRESHOLDS {
         if used * Decimal::ONE_HUNDRED < included * Decimal::from(threshold) {
             continue;
@@ -161,7 +184,8 @@ pub async fn check(
         .map_err(|e| match e {
             NotifierError::Store(e) => e,
             NotifierError::Encode(e) => StoreError::Corrupt(e.to_string()),
-        })?;
+        })
+        .map_err(PolicyError::from)?;
         if store.add_notification(&notification).await? == Write::Applied {
             outcome.announced.push(threshold);
         }
