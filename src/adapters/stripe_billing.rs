@@ -161,12 +161,11 @@ impl InvoiceItems for StripeInvoiceItems {
 
     async fn create(&self, request: &InvoiceItemRequest) -> Result<InvoiceItemRef, ProviderError> {
         // Refused before sending, the way Stripe would refuse it (400).
-        let key = IdempotencyKey::new(&request.idempotency_key).map_err(|e| {
-            ProviderError::Rejected {
+        let key =
+            IdempotencyKey::new(&request.idempotency_key).map_err(|e| ProviderError::Rejected {
                 status: 400,
                 message: format!("idempotency key not sent: {e}"),
-            }
-        })?;
+            })?;
         let Ok(currency) = Currency::from_str(&request.currency);
         let mut create = CreateInvoiceItem::new()
             .customer(request.customer_id.as_str())
@@ -273,7 +272,13 @@ mod tests {
             api_base_url("https://api.stripe.com/").as_deref(),
             Some("https://api.stripe.com/")
         );
-        for bad in ["127.0.0.1:12111", "ftp://x", "http://", "http:///v1", "http://x/?a=1"] {
+        for bad in [
+            "127.0.0.1:12111",
+            "ftp://x",
+            "http://",
+            "http:///v1",
+            "http://x/?a=1",
+        ] {
             assert!(api_base_url(bad).is_none(), "{bad}");
             assert!(matches!(
                 StripeInvoiceItems::new(Secret::new("sk_test_1"), Some(bad)),
@@ -288,11 +293,9 @@ mod tests {
         assert!(matches!(err, StripeBillingError::NoKey));
         let err = StripeInvoiceItems::new(Secret::new("sk_test_bad key"), None).unwrap_err();
         assert!(!err.to_string().contains("sk_test_bad"));
-        let ok = StripeInvoiceItems::new(
-            Secret::new("sk_test_123"),
-            Some("http://127.0.0.1:12111"),
-        )
-        .unwrap();
+        let ok =
+            StripeInvoiceItems::new(Secret::new("sk_test_123"), Some("http://127.0.0.1:12111"))
+                .unwrap();
         assert!(!format!("{ok:?}").contains("sk_test_123"));
     }
 
