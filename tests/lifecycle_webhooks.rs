@@ -390,10 +390,11 @@ async fn a_finalized_invoice_lists_its_items_and_changes_no_tier() {
     )
     .await;
     let event = wait_for_event(&server, "evt_1QsFinl8xK2mLq4ZrMmMmMm").await;
-    assert_eq!(event["status"], "applied", "{event}");
+    assert_eq!(event["status"], "done", "{event}");
     let note = event["note"].as_str().unwrap();
     assert!(
-        note.contains("in_1QsT9l8xK2mLq4ZrC0rPq8Uw") && note.contains("ii_1QsT8z8xK2mLq4ZrOvEr2609"),
+        note.contains("in_1QsT9l8xK2mLq4ZrC0rPq8Uw")
+            && note.contains("ii_1QsT8z8xK2mLq4ZrOvEr2609"),
         "{event}"
     );
     let (_, org) = admin_get(&server, "/admin/orgs/final").await;
