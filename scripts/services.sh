@@ -14,6 +14,10 @@
 #   * MongoDB wire   – 127.0.0.1:$MONGO_PORT_DYNABASE (default 27017): `mongod` when
 #                      on PATH, otherwise FerretDB v1.24.2 (SQLite backend), built
 #                      from source once and cached in .services/bin/ferretdb.
+#   * stripe-mock    – Stripe's API mock, http://127.0.0.1:$STRIPE_MOCK_PORT_DYNABASE
+#                      (default 12111; its HTTPS listener goes to a free loopback
+#                      port), v0.203.0 installed with `go install` once and cached
+#                      in .services/bin/stripe-mock. Exported as STRIPE_MOCK_URL.
 #
 # `start` is idempotent: when everything already runs it only verifies and exits 0.
 # Missing system packages are installed with apt-get (needs root or sudo).
@@ -27,6 +31,7 @@ PG_BIN="/usr/lib/postgresql/$PG_VERSION_MAJOR/bin"
 PG_PORT="${PGPORT_DYNABASE:-5432}"
 REDIS_PORT="${REDIS_PORT_DYNABASE:-6379}"
 MONGO_PORT="${MONGO_PORT_DYNABASE:-27017}"
+STRIPE_MOCK_PORT="${STRIPE_MOCK_PORT_DYNABASE:-12111}"
 HOST=127.0.0.1
 START_TIMEOUT="${DYNABASE_SERVICES_TIMEOUT:-60}"
 
@@ -34,6 +39,11 @@ FERRETDB_VERSION=v1.24.2
 FERRETDB_MODULE=github.com/FerretDB/FerretDB
 GO_MIN_MINOR=24                 # FerretDB v1.24.2 needs go >= 1.24
 GO_FALLBACK_TOOLCHAIN=go1.24.3  # its go.mod `toolchain` line
+
+# Serves the OpenAPI spec of the Stripe API version async-stripe 1.0.0-rc.10
+# targets (2026-09-30) closely enough for invoice items; needs go >= 1.22.
+STRIPE_MOCK_VERSION=v0.203.0
+STRIPE_MOCK_MODULE=github.com/stripe/stripe-mock
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -754,6 +764,115 @@ mongo_status() {
 }
 
 # ---------------------------------------------------------------------------
+# stripe-mock
+# ---------------------------------------------------------------------------
+STRIPE_MOCK_PIDFILE="$SD/stripe-mock.pid"
+STRIPE_MOCK_LOG="$SD/stripe-mock.log"
+STRIPE_MOCK_BIN="$SD/bin/stripe-mock"
+# `go install` builds report "master" as their version: the installed one is
+# recorded beside the binary.
+STRIPE_MOCK_STAMP="$SD/bin/stripe-mock.version"
+
+stripe_mock_pid() {
+    local pid
+    pid="$(read_pidfile "$STRIPE_MOCK_PIDFILE")"
+    if pid_is "$pid" stripe-mock; then printf '%s' "$pid"; fi
+}
+
+# An authenticated GET answered 200 with stripe-mock's own header.
+stripe_mock_ping() {
+    local reply
+    reply="$(timeout 3 bash -c '
+        exec 3<>"/dev/tcp/$1/$2" || exit 1
+        printf "GET /v1/balance HTTP/1.0\r\nHost: %s\r\nAuthorization: Bearer sk_test_services\r\n\r\n" "$1" >&3
+        head -c 512 <&3' _ "$HOST" "$STRIPE_MOCK_PORT" 2>/dev/null)" || return 1
+    [[ "$reply" == "HTTP/1."?" 200"* && "$reply" == *Stripe-Mock-Version* ]]
+}
+
+stripe_mock_installed() {
+    [[ -x "$STRIPE_MOCK_BIN" && "$(cat "$STRIPE_MOCK_STAMP" 2>/dev/null || true)" == "$STRIPE_MOCK_VERSION" ]] \
+        && timeout 20 "$STRIPE_MOCK_BIN" -version >/dev/null 2>&1
+}
+
+install_stripe_mock() {
+    local go
+    go="$(ensure_go)"
+    log "installing stripe-mock $STRIPE_MOCK_VERSION with $("$go" env GOVERSION)"
+    mkdir -p "$SD/bin"
+    rm -f "$STRIPE_MOCK_STAMP"
+    # It ships vendor/ and has no replace directives: `go install mod@version` works.
+    if ! (cd / && GOTOOLCHAIN=local GOFLAGS="-buildvcs=false" GO111MODULE=on CGO_ENABLED=0 \
+            GOBIN="$SD/bin" "$go" install "$STRIPE_MOCK_MODULE@$STRIPE_MOCK_VERSION") \
+            >"$SD/stripe-mock-build.log" 2>&1; then
+        show_log_tail "$SD/stripe-mock-build.log"
+        die "installing stripe-mock failed"
+    fi
+    printf '%s\n' "$STRIPE_MOCK_VERSION" >"$STRIPE_MOCK_STAMP"
+    stripe_mock_installed || die "freshly installed $STRIPE_MOCK_BIN does not run"
+    log "stripe-mock installed: $STRIPE_MOCK_BIN"
+}
+
+stripe_mock_start() {
+    local pid
+    pid="$(stripe_mock_pid)"
+    if [[ -n "$pid" ]]; then
+        if stripe_mock_ping || wait_until 10 stripe_mock_ping; then
+            log "stripe-mock: already running (pid $pid)"
+            return 0
+        fi
+        show_log_tail "$STRIPE_MOCK_LOG"
+        die "stripe-mock (pid $pid) is running but does not answer on $HOST:$STRIPE_MOCK_PORT"
+    fi
+    if port_open "$HOST" "$STRIPE_MOCK_PORT"; then
+        die "port $HOST:$STRIPE_MOCK_PORT is already in use by something that is not our stripe-mock (pidfile $STRIPE_MOCK_PIDFILE).
+Stop it or set STRIPE_MOCK_PORT_DYNABASE=<port>."
+    fi
+    stripe_mock_installed || install_stripe_mock
+    rm -f "$STRIPE_MOCK_PIDFILE"
+    log "stripe-mock: starting on $HOST:$STRIPE_MOCK_PORT"
+    # Without -https-addr it would also listen for HTTPS on *:12112.
+    setsid nohup "$STRIPE_MOCK_BIN" \
+        -http-addr "$HOST:$STRIPE_MOCK_PORT" \
+        -https-addr "$HOST:0" \
+        >>"$STRIPE_MOCK_LOG" 2>&1 </dev/null 9>&- &
+    echo $! >"$STRIPE_MOCK_PIDFILE"
+    if ! wait_until "$START_TIMEOUT" stripe_mock_ping; then
+        show_log_tail "$STRIPE_MOCK_LOG"
+        die "stripe-mock does not answer on $HOST:$STRIPE_MOCK_PORT within ${START_TIMEOUT}s"
+    fi
+    log "stripe-mock: ready on $HOST:$STRIPE_MOCK_PORT (pid $(stripe_mock_pid))"
+}
+
+stripe_mock_stop() {
+    local pid
+    pid="$(stripe_mock_pid)"
+    if [[ -n "$pid" ]]; then
+        log "stripe-mock: stopping (pid $pid)"
+        stop_pid "$pid" stripe-mock
+        rm -f "$STRIPE_MOCK_PIDFILE"
+    else
+        log "stripe-mock: not running"
+    fi
+}
+
+stripe_mock_status() {
+    local pid
+    pid="$(stripe_mock_pid)"
+    if [[ -n "$pid" ]] && stripe_mock_ping; then
+        echo "stripe-mock: running (pid $pid, http://$HOST:$STRIPE_MOCK_PORT, $STRIPE_MOCK_VERSION)"
+    elif [[ -n "$pid" ]]; then
+        echo "stripe-mock: running (pid $pid) but NOT answering on $HOST:$STRIPE_MOCK_PORT"
+        return 1
+    elif port_open "$HOST" "$STRIPE_MOCK_PORT"; then
+        echo "stripe-mock: stopped (port $HOST:$STRIPE_MOCK_PORT is used by a foreign process)"
+        return 1
+    else
+        echo "stripe-mock: stopped"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------------------
 # env file
 # ---------------------------------------------------------------------------
 write_env() {
@@ -770,6 +889,7 @@ export DYNABASE_TEST_PG_MD5_USER=md5_user
 export DYNABASE_TEST_PG_MD5_PASSWORD=md5pass
 export DYNABASE_TEST_REDIS_URL=redis://$HOST:$REDIS_PORT
 export DYNABASE_TEST_MONGODB_URL=mongodb://$HOST:$MONGO_PORT
+export STRIPE_MOCK_URL=http://$HOST:$STRIPE_MOCK_PORT
 EOF
     # Tests that stop a MongoDB-wire server run their own FerretDB: the one
     # this script started, else the one it would build.
@@ -800,6 +920,7 @@ cmd_start() {
     pg_start
     redis_start
     mongo_start
+    stripe_mock_start
     write_env
     cat "$SD/env"
 }
@@ -810,6 +931,7 @@ cmd_stop() {
     if [[ -x "$PG_BIN/pg_ctl" ]]; then pg_stop || rc=1; fi
     redis_stop || rc=1
     mongo_stop || rc=1
+    stripe_mock_stop || rc=1
     return "$rc"
 }
 
@@ -818,6 +940,7 @@ cmd_status() {
     if [[ -x "$PG_BIN/postgres" ]]; then pg_status || rc=3; else echo "postgres: not installed"; rc=3; fi
     if command -v redis-cli >/dev/null 2>&1; then redis_status || rc=3; else echo "redis: not installed"; rc=3; fi
     mongo_status || rc=3
+    stripe_mock_status || rc=3
     return "$rc"
 }
 
@@ -832,6 +955,6 @@ case "${1:-start}" in
     status) cmd_status ;;
     env)    cmd_env ;;
     -h|--help|help)
-        sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+        sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command '$1' (expected start|stop|status|env)" ;;
 esac

@@ -375,6 +375,35 @@ async fn a_failed_payment_moves_to_free_after_the_grace_unless_paid() {
 }
 
 #[tokio::test]
+async fn a_finalized_invoice_lists_its_items_and_changes_no_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    create_org(&server, "final", "pro", UPSTREAM, Some("cus_Final")).await;
+    deliver(
+        &server,
+        &invoice_event(
+            "finalized",
+            "evt_1QsFinl8xK2mLq4ZrMmMmMm",
+            now_secs(),
+            "cus_Final",
+        ),
+    )
+    .await;
+    let event = wait_for_event(&server, "evt_1QsFinl8xK2mLq4ZrMmMmMm").await;
+    assert_eq!(event["status"], "done", "{event}");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("in_1QsT9l8xK2mLq4ZrC0rPq8Uw")
+            && note.contains("ii_1QsT8z8xK2mLq4ZrOvEr2609"),
+        "{event}"
+    );
+    let (_, org) = admin_get(&server, "/admin/orgs/final").await;
+    assert_eq!(org["tier"], "pro");
+    assert!(org["lifecycle"]["past_due_since"].is_null(), "{org}");
+    assert!(history(&server, "final").await.is_empty());
+}
+
+#[tokio::test]
 async fn unknown_event_types_and_unknown_customers_are_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());

@@ -6,4 +6,5 @@ pub mod redis;
 pub mod redis_limits;
 pub mod redis_tier_cache;
 pub mod store;
+pub mod stripe_billing;
 pub mod stripe_webhook;

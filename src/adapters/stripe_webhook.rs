@@ -108,8 +108,17 @@ fn from_typed(event: stripe_webhook::Event) -> BillingEvent {
             Some(customer_id) => BillingEventKind::InvoicePaid {
                 customer_id,
                 invoice_id: i.id.as_ref().map(|id| id.as_str().to_owned()),
+                invoice_items: invoice_items(&i),
             },
             None => BillingEventKind::Other,
+        },
+        EventObject::InvoiceFinalized(i) => match (invoice_customer(&i), &i.id) {
+            (Some(customer_id), Some(id)) => BillingEventKind::InvoiceFinalized {
+                customer_id,
+                invoice_id: id.as_str().to_owned(),
+                invoice_items: invoice_items(&i),
+            },
+            _ => BillingEventKind::Other,
         },
         _ => BillingEventKind::Other,
     };
@@ -142,6 +151,54 @@ fn subscription(change: SubscriptionChange, s: &stripe_shared::Subscription) -> 
 
 fn invoice_customer(i: &stripe_shared::Invoice) -> Option<String> {
     i.customer.as_ref().map(|c| c.id().as_str().to_owned())
+}
+
+/// The invoice items billed on the invoice, in line order, each once. A line
+/// comes from an invoice item when its parent is `invoice_item_details`;
+/// proration lines of a subscription item name theirs too. Stripe's event
+/// carries the first page of lines only (`lines.has_more`).
+fn invoice_items(i: &stripe_shared::Invoice) -> Vec<String> {
+    let mut items: Vec<String> = Vec::new();
+    for line in &i.lines.data {
+        let Some(parent) = &line.parent else { continue };
+        let id = parent
+            .invoice_item_details
+            .as_ref()
+            .map(|d| d.invoice_item.as_str())
+            .or_else(|| {
+                parent
+                    .subscription_item_details
+                    .as_ref()
+                    .and_then(|d| d.invoice_item.as_deref())
+            });
+        if let Some(id) = id {
+            if !items.iter().any(|seen| seen == id) {
+                items.push(id.to_owned());
+            }
+        }
+    }
+    items
+}
+
+/// The same from the JSON, including the `invoice_item` field that lines
+/// had at their top level before Stripe API version 2025-03-31.
+fn json_invoice_items(invoice: &Value) -> Vec<String> {
+    let mut items: Vec<String> = Vec::new();
+    let lines = invoice["lines"]["data"].as_array().map(Vec::as_slice);
+    for line in lines.unwrap_or_default() {
+        let parent = &line["parent"];
+        let id = text(&parent["invoice_item_details"]["invoice_item"])
+            .or_else(|| text(&parent["subscription_item_details"]["invoice_item"]))
+            .or_else(|| text(&line["invoice_item"]))
+            // An expanded item is an object with an id.
+            .or_else(|| text(&line["invoice_item"]["id"]));
+        if let Some(id) = id {
+            if !items.contains(&id) {
+                items.push(id);
+            }
+        }
+    }
+    items
 }
 
 /// Reads an authentic event whose object the typed model refused.
@@ -193,6 +250,15 @@ fn from_json(payload: &str) -> Result<BillingEvent, StripeWebhookError> {
         (None, "invoice.paid", Some(customer_id)) => BillingEventKind::InvoicePaid {
             customer_id,
             invoice_id,
+            invoice_items: json_invoice_items(object),
+        },
+        (None, "invoice.finalized", Some(customer_id)) => match invoice_id {
+            Some(invoice_id) => BillingEventKind::InvoiceFinalized {
+                customer_id,
+                invoice_id,
+                invoice_items: json_invoice_items(object),
+            },
+            None => BillingEventKind::Other,
         },
         _ => BillingEventKind::Other,
     };
@@ -234,6 +300,7 @@ mod tests {
             "customer.subscription.deleted",
             "invoice.payment_failed",
             "invoice.paid",
+            "invoice.finalized",
         ] {
             let payload = fixture(name);
             let now = 1_761_900_000;
@@ -327,5 +394,59 @@ mod tests {
                 org_hint: None,
             }
         );
+    }
+
+    #[test]
+    fn invoice_items_come_from_both_line_shapes() {
+        // Current API: lines name their invoice item under parent.
+        let payload = fixture("invoice.finalized");
+        let header = Webhook::generate_test_header(&payload, SECRET, Some(3));
+        let event = webhooks().verify(&payload, &header, 3).unwrap();
+        assert_eq!(
+            event.kind,
+            BillingEventKind::InvoiceFinalized {
+                customer_id: "cus_Tq3xK9wLmN2pQr".into(),
+                invoice_id: "in_1QsT9l8xK2mLq4ZrC0rPq8Uw".into(),
+                invoice_items: vec!["ii_1QsT8z8xK2mLq4ZrOvEr2609".into()],
+            }
+        );
+        let paid = fixture("invoice.paid");
+        let header = Webhook::generate_test_header(&paid, SECRET, Some(3));
+        let BillingEventKind::InvoicePaid { invoice_items, .. } =
+            webhooks().verify(&paid, &header, 3).unwrap().kind
+        else {
+            panic!("invoice.paid")
+        };
+        assert!(invoice_items.is_empty(), "only a subscription line");
+
+        // Older API versions: `invoice_item` on the line itself (an id, or
+        // an object when expanded), a shape the typed model refuses.
+        for kind in ["invoice.finalized", "invoice.paid"] {
+            let old = format!(
+                r#"{{"id":"evt_old","object":"event","api_version":"2024-06-20","created":11,
+                "livemode":false,"pending_webhooks":1,"request":null,"type":"{kind}",
+                "data":{{"object":{{"id":"in_old","object":"invoice","customer":"cus_old",
+                "lines":{{"object":"list","has_more":false,"data":[
+                  {{"id":"il_1","type":"invoiceitem","invoice_item":"ii_a"}},
+                  {{"id":"il_2","type":"subscription","invoice_item":null}},
+                  {{"id":"il_3","type":"invoiceitem","invoice_item":{{"id":"ii_b"}}}},
+                  {{"id":"il_4","type":"invoiceitem","invoice_item":"ii_a"}}]}}}}}}}}"#
+            );
+            let header = Webhook::generate_test_header(&old, SECRET, Some(12));
+            let event = webhooks().verify(&old, &header, 12).unwrap();
+            let items = match event.kind {
+                BillingEventKind::InvoiceFinalized { invoice_items, .. }
+                | BillingEventKind::InvoicePaid { invoice_items, .. } => invoice_items,
+                other => panic!("{kind}: {other:?}"),
+            };
+            assert_eq!(items, ["ii_a", "ii_b"], "{kind}");
+        }
+        // The lenient reading of the current shape agrees with the typed one.
+        assert_eq!(from_json(&payload).unwrap(), event_of(&payload));
+    }
+
+    fn event_of(payload: &str) -> BillingEvent {
+        let header = Webhook::generate_test_header(payload, SECRET, Some(3));
+        webhooks().verify(payload, &header, 3).unwrap()
     }
 }

@@ -3,7 +3,7 @@
 //! `config/default.toml` → `config/tiers.toml` → `config/$DYNABASE_ENV.toml`
 //! (optional) → `DYNABASE__SECTION__KEY` → the conventional variables `PORT`,
 //! `MONGODB_URL`, `REDIS_URL`, `DYNABASE_ADMIN_TOKEN`, `RAILWAY_REPLICA_ID`,
-//! `STRIPE_WEBHOOK_SECRET`, `DYNABASE_NOTIFICATION_SECRET`. When the config
+//! `STRIPE_WEBHOOK_SECRET`, `STRIPE_API_KEY`, `DYNABASE_NOTIFICATION_SECRET`. When the config
 //! directory has no `default.toml`/`tiers.toml`, copies compiled into the
 //! binary are used, so the binary runs from any directory.
 
@@ -115,6 +115,7 @@ fn build(options: &LoadOptions) -> Result<Config, config::ConfigError> {
         ("REDIS_URL", "redis.url"),
         ("DYNABASE_ADMIN_TOKEN", "http.admin_token"),
         ("STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
+        ("STRIPE_API_KEY", "stripe.api_key"),
         (
             "DYNABASE_NOTIFICATION_SECRET",
             "notifications.signing_secret",
@@ -204,6 +205,47 @@ mod tests {
         };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["usage.factors.ddl.parallelism"]);
+    }
+
+    #[test]
+    fn stripe_api_key_and_base() {
+        let (_dir, opts) = options(&[], &[]);
+        let s = load(&opts).expect("defaults load");
+        assert!(s.stripe.api_key.is_empty() && s.stripe.api_base.is_none());
+        assert_eq!(s.stripe.request_timeout, std::time::Duration::from_secs(10));
+
+        let (_dir, opts) = options(
+            &[
+                ("STRIPE_API_KEY", "sk_test_k3y"),
+                ("DYNABASE__STRIPE__API_BASE", "http://127.0.0.1:12111"),
+                ("DYNABASE__STRIPE__REQUEST_TIMEOUT", "3s"),
+            ],
+            &[],
+        );
+        let s = load(&opts).expect("valid");
+        assert_eq!(s.stripe.api_key.expose(), "sk_test_k3y");
+        assert_eq!(
+            s.stripe.api_base.as_deref(),
+            Some("http://127.0.0.1:12111/")
+        );
+        assert_eq!(s.stripe.request_timeout, std::time::Duration::from_secs(3));
+        assert!(!format!("{s:?}").contains("sk_test_k3y"));
+
+        let (_dir, bad) = options(
+            &[
+                ("STRIPE_API_KEY", "sk_test_k3y"),
+                ("DYNABASE__STRIPE__API_BASE", "api.stripe.com"),
+                ("DYNABASE__STRIPE__REQUEST_TIMEOUT", "0s"),
+            ],
+            &[],
+        );
+        let Err(err @ SettingsError::Invalid(_)) = load(&bad) else {
+            panic!("must be invalid")
+        };
+        let SettingsError::Invalid(problems) = &err;
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["stripe.api_base", "stripe.request_timeout"]);
+        assert!(!err.to_string().contains("sk_test_k3y"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use dynabase_actors::{
 
 pub use load::{load, LoadOptions};
 pub use secret::Secret;
+pub use validate::api_base_url;
 
 /// A configuration problem: which key, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,12 +154,18 @@ pub struct TierCacheSettings {
     pub refresh_interval: std::time::Duration,
 }
 
-/// Stripe webhooks.
+/// Stripe: webhooks in, invoice items out.
 #[derive(Debug, Clone)]
 pub struct StripeSettings {
     /// Empty: `/webhooks/stripe` answers 503.
     pub webhook_secret: Secret,
     pub prices: PriceMap,
+    /// Secret API key for invoice items; empty: none are created.
+    pub api_key: Secret,
+    /// `None`: Stripe's own API. Always ends with `/`.
+    pub api_base: Option<String>,
+    /// Per API request.
+    pub request_timeout: Duration,
 }
 
 /// Outbound notification webhooks.

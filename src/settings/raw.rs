@@ -97,6 +97,9 @@ pub struct RawTierCache {
 #[derive(Debug, Deserialize)]
 pub struct RawStripe {
     pub webhook_secret: String,
+    pub api_key: String,
+    pub api_base: String,
+    pub request_timeout: String,
     /// Price id or lookup key → tier name. An empty table may be dropped by
     /// the configuration layers, hence the default.
     #[serde(default)]

@@ -363,6 +363,10 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         stripe: StripeSettings {
             webhook_secret: Secret::new(raw.stripe.webhook_secret),
             prices: prices(&mut c, &raw.stripe.prices),
+            api_key: Secret::new(raw.stripe.api_key),
+            api_base: api_base(&mut c, &raw.stripe.api_base),
+            request_timeout: c
+                .positive_duration("stripe.request_timeout", &raw.stripe.request_timeout),
         },
         notifications: notifications(&mut c, &raw.notifications),
         usage: UsageSettings {
@@ -402,6 +406,41 @@ fn prices(c: &mut Checker, raw: &std::collections::BTreeMap<String, String>) -> 
         }
     }
     PriceMap::new(entries)
+}
+
+/// `stripe.api_base`: empty for Stripe's own API.
+fn api_base(c: &mut Checker, raw: &str) -> Option<String> {
+    if raw.is_empty() {
+        return None;
+    }
+    let base = api_base_url(raw);
+    if base.is_none() {
+        c.fail(
+            "stripe.api_base",
+            format!("must be empty or an http:// or https:// URL without query, like \"http://127.0.0.1:12111\", got {raw:?}"),
+        );
+    }
+    base
+}
+
+/// An http(s) base URL with a host and without query or fragment, given the
+/// trailing slash async-stripe needs (it appends `v1/...` as written).
+pub fn api_base_url(raw: &str) -> Option<String> {
+    let rest = raw
+        .strip_prefix("https://")
+        .or_else(|| raw.strip_prefix("http://"))?;
+    if rest.is_empty()
+        || rest.starts_with('/')
+        || raw.contains(['?', '#'])
+        || raw.contains(char::is_whitespace)
+    {
+        return None;
+    }
+    Some(if raw.ends_with('/') {
+        raw.to_owned()
+    } else {
+        format!("{raw}/")
+    })
 }
 
 fn notifications(c: &mut Checker, raw: &super::raw::RawNotifications) -> NotificationSettings {

@@ -4,6 +4,7 @@
 
 pub mod pg;
 pub mod stripe;
+pub mod stripe_mock;
 
 use std::{
     io::{BufRead, BufReader},

@@ -90,7 +90,7 @@ pub fn subscription_event(s: &Sub<'_>) -> String {
     e.to_string()
 }
 
-/// An `invoice.payment_failed` or `invoice.paid` event.
+/// An `invoice.payment_failed`, `invoice.paid` or `invoice.finalized` event.
 pub fn invoice_event(kind: &str, event_id: &str, created: i64, customer: &str) -> String {
     let mut e = fixture(&format!("invoice.{kind}"));
     e["id"] = event_id.into();

@@ -61,6 +61,17 @@ pub enum BillingEventKind {
     InvoicePaid {
         customer_id: String,
         invoice_id: Option<String>,
+        /// The invoice items billed on the invoice (ids of the provider's
+        /// items, `ii_…`), as far as the event lists its lines.
+        #[serde(default)]
+        invoice_items: Vec<String>,
+    },
+    /// An invoice was finalized: its invoice items are now billed on it.
+    /// Changes no tier.
+    InvoiceFinalized {
+        customer_id: String,
+        invoice_id: String,
+        invoice_items: Vec<String>,
     },
     /// Any other event type: acknowledged and logged, nothing else.
     Other,

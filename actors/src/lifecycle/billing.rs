@@ -10,6 +10,8 @@
 //! - `invoice.payment_failed`: the organization is past due; the scheduler
 //!   moves it to FREE after the payment grace.
 //! - `invoice.paid`: past due no more.
+//! - `invoice.finalized`: no tier change; the invoice items on it are
+//!   reported (billing records will be confirmed from them).
 //! - Anything else: acknowledged, recorded as ignored.
 //!
 //! The organization is the one linked to the event's customer, or else the
@@ -150,6 +152,7 @@ impl BillingEffects {
             | BillingEventKind::InvoicePaid {
                 customer_id,
                 invoice_id,
+                ..
             } => {
                 let failed = matches!(event.kind, BillingEventKind::PaymentFailed { .. });
                 let Some(org) = self.resolve(customer_id, None).await? else {
@@ -170,11 +173,39 @@ impl BillingEffects {
                 };
                 Ok(EventResult::Applied(format!("{}: {what}", org.id)))
             }
+            BillingEventKind::InvoiceFinalized {
+                customer_id,
+                invoice_id,
+                invoice_items,
+            } => Ok(self.invoice_finalized(customer_id, invoice_id, invoice_items)),
             BillingEventKind::Other => Ok(EventResult::Ignored(format!(
                 "event type {} is not used",
                 event.event_type
             ))),
         }
+    }
+
+    /// `invoice.finalized`: the invoice items on it are billed now. No tier
+    /// changes. This is where billing records will be confirmed against the
+    /// items; for now the event is only described.
+    fn invoice_finalized(
+        &self,
+        customer_id: &str,
+        invoice_id: &str,
+        invoice_items: &[String],
+    ) -> EventResult {
+        let items = if invoice_items.is_empty() {
+            "no invoice items".to_owned()
+        } else {
+            format!(
+                "{} invoice item(s): {}",
+                invoice_items.len(),
+                invoice_items.join(", ")
+            )
+        };
+        EventResult::Applied(format!(
+            "invoice {invoice_id} of customer {customer_id} finalized with {items}"
+        ))
     }
 
     /// The organization linked to `customer_id`, else the one `hint` names.
