@@ -6,7 +6,7 @@
 use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
 use dynabase_actors::{
-    billing::runner::BillingTick,
+    billing::{provider::NoInvoiceItems, runner::BillingTick},
     lifecycle::Tick,
     shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
@@ -24,6 +24,7 @@ use crate::{
         redis_limits::{RedisLimits, RedisLimitsConfig, RedisLimitsError},
         redis_tier_cache::{spawn_invalidation_listener, RedisTierCache},
         store::{EmbeddedStore, EmbeddedStoreError, MongoStore, MongoStoreError},
+        stripe_billing::{StripeBillingError, StripeInvoiceItems},
         stripe_webhook::StripeWebhooks,
     },
     http::{self, HttpState, LifecycleHttp},
@@ -65,6 +66,8 @@ pub enum AppError {
     Redis(#[from] RedisAdapterError),
     #[error("outbound notifications: {0}")]
     Outbound(#[from] OutboundError),
+    #[error("Stripe API client: {0}")]
+    StripeApi(#[from] StripeBillingError),
     #[error(transparent)]
     RedisLimits(#[from] RedisLimitsError),
     #[error("listener: {0}")]
@@ -169,6 +172,13 @@ pub async fn run(
         notification_backoff: notifications.backoff,
         notification_max_attempts: notifications.max_attempts,
         billing: settings.billing.config.clone(),
+        invoice_items: match StripeInvoiceItems::from_settings(&settings.stripe)? {
+            Some(client) => Arc::new(client),
+            None => {
+                tracing::warn!("STRIPE_API_KEY is not set: overage charges are computed and recorded, not sent");
+                Arc::new(NoInvoiceItems)
+            }
+        },
         ..PlatformDeps::new(store.clone(), catalog.clone(), usage_config)
     });
     let invalidations = match (&settings.redis, redis_client) {

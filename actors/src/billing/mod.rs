@@ -7,6 +7,7 @@
 //!   every create, and an idempotency key;
 //! - `runner`: the supervised actor that runs both on a schedule and on
 //!   demand;
+//! - `confirm`: invoice events confirm pushed records;
 //! - `usage_policy`: what happens while a period is still open (FREE's
 //!   forced upgrade, spend caps);
 //! - `provider`: the port the payment-provider adapter implements.
@@ -16,6 +17,7 @@ use std::time::Duration;
 use crate::domain::{jobs::Backoff, records::Period, time::UnixMillis};
 
 pub mod charge;
+pub mod confirm;
 pub mod plan;
 pub mod provider;
 pub mod push;

@@ -18,6 +18,7 @@
 //! one named in the subscription's metadata (which links it).
 
 use crate::{
+    billing::confirm::confirm_items,
     domain::{
         billing::{
             BillingEvent, BillingEventKind, PriceMap, SubscriptionChange, SubscriptionOrder,
@@ -155,6 +156,15 @@ impl BillingEffects {
                 ..
             } => {
                 let failed = matches!(event.kind, BillingEventKind::PaymentFailed { .. });
+                if let BillingEventKind::InvoicePaid { invoice_items, .. } = &event.kind {
+                    confirm_items(
+                        self.changer.store().as_ref(),
+                        invoice_id.as_deref(),
+                        invoice_items,
+                        now,
+                    )
+                    .await?;
+                }
                 let Some(org) = self.resolve(customer_id, None).await? else {
                     return Ok(EventResult::Ignored(format!(
                         "no organization is linked to customer {customer_id}"
@@ -177,7 +187,16 @@ impl BillingEffects {
                 customer_id,
                 invoice_id,
                 invoice_items,
-            } => Ok(self.invoice_finalized(customer_id, invoice_id, invoice_items)),
+            } => {
+                let confirmed = confirm_items(
+                    self.changer.store().as_ref(),
+                    Some(invoice_id),
+                    invoice_items,
+                    now,
+                )
+                .await?;
+                Ok(self.invoice_finalized(customer_id, invoice_id, invoice_items, &confirmed))
+            }
             BillingEventKind::Other => Ok(EventResult::Ignored(format!(
                 "event type {} is not used",
                 event.event_type
@@ -185,14 +204,14 @@ impl BillingEffects {
         }
     }
 
-    /// `invoice.finalized`: the invoice items on it are billed now. No tier
-    /// changes. This is where billing records will be confirmed against the
-    /// items; for now the event is only described.
+    /// `invoice.finalized`: the invoice items on it are billed now, and the
+    /// billing records of ours among them are confirmed. No tier changes.
     fn invoice_finalized(
         &self,
         customer_id: &str,
         invoice_id: &str,
         invoice_items: &[String],
+        confirmed: &[String],
     ) -> EventResult {
         let items = if invoice_items.is_empty() {
             "no invoice items".to_owned()
@@ -204,7 +223,8 @@ impl BillingEffects {
             )
         };
         EventResult::Applied(format!(
-            "invoice {invoice_id} of customer {customer_id} finalized with {items}"
+            "invoice {invoice_id} of customer {customer_id} finalized with {items}; billing records confirmed: {}",
+            if confirmed.is_empty() { "none".to_owned() } else { confirmed.join(", ") }
         ))
     }
 
