@@ -134,6 +134,14 @@ impl Store for FlakyStore {
     ) -> Result<bool, StoreError> {
         self.inner.update_billing_record_if_unchanged(r, seen).await
     }
+    async fn claim(
+        &self,
+        name: &str,
+        now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<dynabase_actors::store::Claim, StoreError> {
+        self.inner.claim(name, now, until).await
+    }
     async fn tier_changes_since(&self, since: UnixMillis) -> Result<Vec<TierChange>, StoreError> {
         self.inner.tier_changes_since(since).await
     }

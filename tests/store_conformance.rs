@@ -906,6 +906,7 @@ where
     billing_cases::case_period_totals_add_each_record_once(&*store).await;
     billing_cases::case_cross_org_reads_for_a_period(&*store).await;
     billing_cases::case_billing_records(&*store).await;
+    billing_cases::case_claims_are_exclusive(&*store).await;
     case_calibration_once_per_period(&*store).await;
     case_notifications_dedupe_per_org(&*store).await;
     case_tier_history_oldest_first(&*store).await;

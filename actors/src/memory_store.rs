@@ -27,7 +27,7 @@ use crate::{
         },
         time::UnixMillis,
     },
-    store::{Store, StoreError},
+    store::{Claim, Store, StoreError},
 };
 
 #[derive(Debug, Default)]
@@ -39,6 +39,7 @@ struct Data {
     events: BTreeMap<String, ProcessedEvent>,
     totals: BTreeMap<(OrgId, Period), PeriodTotal>,
     billing: BTreeMap<String, BillingRecord>,
+    claims: BTreeMap<String, UnixMillis>,
     calibrations: BTreeMap<Period, CalibrationRecord>,
     notifications: Vec<Notification>,
     tier_changes: Vec<TierChange>,
@@ -329,6 +330,20 @@ impl Store for MemoryStore {
             .values()
             .find(|r| r.provider_item_id.as_deref() == Some(item_id))
             .cloned())
+    }
+
+    async fn claim(
+        &self,
+        name: &str,
+        _now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Claim, StoreError> {
+        let mut d = self.data();
+        if let Some(held) = d.claims.get(name) {
+            return Ok(Claim::Held(*held));
+        }
+        d.claims.insert(name.to_owned(), until);
+        Ok(Claim::Won)
     }
 
     async fn update_billing_record_if_unchanged(

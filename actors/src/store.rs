@@ -24,6 +24,15 @@ use crate::domain::{
     time::UnixMillis,
 };
 
+/// What [`Store::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller holds it now.
+    Won,
+    /// Taken before, by a lease that ends at this instant.
+    Held(UnixMillis),
+}
+
 /// What can go wrong talking to a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -168,6 +177,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         item_id: &str,
     ) -> Result<Option<BillingRecord>, StoreError>;
+    /// Takes the claim `name` until `until`, if nobody holds it: the one
+    /// exclusive step between replicas, an insert of a unique key (atomic on
+    /// every server; FerretDB v1's conditional updates are not — two
+    /// concurrent compare-and-sets on one document can both succeed).
+    /// `Held(t)`: somebody took it, with a lease that ends (or ended) at `t`.
+    async fn claim(
+        &self,
+        name: &str,
+        now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Claim, StoreError>;
     /// Replaces a record only if its stored `updated_at` is still
     /// `seen_updated_at` (so of two replicas only one moves it on);
     /// `Ok(false)` when it changed in between or does not exist.

@@ -14,16 +14,20 @@ use std::str::FromStr;
 
 use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
 use dynabase_actors::{
-    billing::runner::{BillingJobError, Preview, RunPeriod},
+    billing::{
+        charge::{compute, Charge, ChargeInput, SkipReason},
+        runner::{BillingJobError, Preview, RunPeriod},
+    },
     domain::{
-        records::Period,
-        spend::{CapAction, SpendCap},
+        billing_record::BillingState,
+        records::{Period, UsageAdjustment},
+        spend::{CapAction, FreeOverageStatus, SpendCap},
     },
     usage_accumulator::UsageChanged,
-    OrgId, Organization, UnixMillis,
+    OrgId, Organization, Tier, UnixMillis,
 };
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
@@ -118,6 +122,73 @@ pub async fn org_records(
     let org = existing_org(&state, &path).await?;
     let records = state.store.billing_records_for_org(&org).await?;
     Ok(HttpResponse::Ok().json(json!({ "org": org, "records": records })))
+}
+
+/// What billing makes of one org's period, for the usage report.
+#[derive(Debug, Serialize)]
+pub(super) struct BillingView {
+    /// The charge as the billing job computes it (for an open period: on
+    /// the usage so far).
+    charge: Charge,
+    /// The period's billing record, once the job has run.
+    record: Option<RecordView>,
+    free_overage: FreeOverageStatus,
+    spend_cap: Option<SpendCap>,
+    spend_cap_reached: bool,
+    upgrade_url: String,
+}
+
+#[derive(Debug, Serialize)]
+struct RecordView {
+    state: BillingState,
+    amount: Decimal,
+    skip: Option<SkipReason>,
+    provider_item_id: Option<String>,
+    provider_invoice_id: Option<String>,
+}
+
+pub(super) async fn billing_view(
+    state: &HttpState,
+    org: &Organization,
+    period: &Period,
+    adjustments: &[UsageAdjustment],
+    now: UnixMillis,
+) -> Result<BillingView, ApiError> {
+    let total = state.store.period_total(&org.id, period).await?;
+    let changes = state.store.tier_history(&org.id).await?;
+    let record = state.store.billing_record(&org.id, period).await?;
+    let charge = compute(&ChargeInput {
+        period,
+        catalog: &state.catalog,
+        current_tier: org.tier,
+        changes: &changes,
+        total: &total,
+        adjustments,
+        spend_cap: org.lifecycle.spend_cap.as_ref().map(|c| c.amount),
+        currency: &state.billing.currency,
+    });
+    Ok(BillingView {
+        charge,
+        record: record.map(|r| RecordView {
+            state: r.state,
+            amount: r.charge.amount,
+            skip: r.skip,
+            provider_item_id: r.provider_item_id,
+            provider_invoice_id: r.provider_invoice_id,
+        }),
+        free_overage: if org.tier == Tier::Free {
+            FreeOverageStatus::of(org.lifecycle.free_overage.as_ref(), now)
+        } else {
+            FreeOverageStatus::WithinIncluded
+        },
+        spend_cap: org.lifecycle.spend_cap.clone(),
+        spend_cap_reached: org
+            .lifecycle
+            .cap_reached
+            .as_ref()
+            .is_some_and(|r| &r.period == period),
+        upgrade_url: state.billing.upgrade_url.clone(),
+    })
 }
 
 /// The body of a spend-cap request: `None` removes the cap.

@@ -8,7 +8,10 @@
 //! - `GET /v1/usage?period=YYYY-MM` — the customer's own report, with that
 //!   token.
 //!
-//! The report itself is [`UsageReport`], built from the stored records.
+//! The report itself is [`UsageReport`], built from the stored records,
+//! with a `billing` section beside it: the period's charge as billing
+//! computes it (a preview while the period is open), its billing record,
+//! the FREE overage state and the spend cap.
 
 use std::str::FromStr;
 
@@ -22,12 +25,13 @@ use dynabase_actors::{
     OrgId, UnixMillis,
 };
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
     api_token,
     auth::AdminAuth,
+    billing::{billing_view, BillingView},
     error::{ApiError, FieldError},
     orgs::org_id,
     HttpState,
@@ -47,7 +51,15 @@ fn period(raw: Option<&str>, now: UnixMillis) -> Result<Period, ApiError> {
     }
 }
 
-async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<UsageReport, ApiError> {
+/// The usage report and, beside it, what billing makes of the period.
+#[derive(Debug, Serialize)]
+struct Report {
+    #[serde(flatten)]
+    usage: UsageReport,
+    billing: BillingView,
+}
+
+async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<Report, ApiError> {
     let organization = state
         .store
         .get_org(org)
@@ -55,14 +67,19 @@ async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<UsageR
         .ok_or_else(|| ApiError::org_not_found(org))?;
     let records = state.store.usage_for_period(org, &period).await?;
     let adjustments = state.store.usage_adjustments(org, &period).await?;
-    Ok(UsageReport::build(ReportInput {
-        org,
-        limits: state.catalog.get(organization.tier),
-        period: &period,
-        records: &records,
-        adjustments,
-        now: UnixMillis::now(),
-    }))
+    let now = UnixMillis::now();
+    let billing = billing_view(state, &organization, &period, &adjustments, now).await?;
+    Ok(Report {
+        usage: UsageReport::build(ReportInput {
+            org,
+            limits: state.catalog.get(organization.tier),
+            period: &period,
+            records: &records,
+            adjustments,
+            now,
+        }),
+        billing,
+    })
 }
 
 #[get("/admin/orgs/{id}/usage")]

@@ -80,6 +80,9 @@ pub enum Fault {
     Drop,
     /// Keeps the connection open without answering (for timeouts).
     Stall,
+    /// Forwards (so the request takes effect) but never answers: the
+    /// caller dies or times out between the provider's work and its own.
+    ForwardThenStall,
 }
 
 impl Fault {
@@ -110,6 +113,26 @@ struct State {
     requests: Vec<Recorded>,
     /// (method, path, fault), consumed front first per method and path.
     faults: VecDeque<(String, String, Fault)>,
+    /// In remembering mode: the invoice items created, as answered.
+    items: Option<Vec<RememberedItem>>,
+}
+
+/// An invoice item the relay created, as Stripe would keep it.
+#[derive(Debug, Clone)]
+pub struct RememberedItem {
+    pub customer: String,
+    pub idempotency_key: Option<String>,
+    pub json: serde_json::Value,
+}
+
+impl RememberedItem {
+    pub fn id(&self) -> &str {
+        self.json["id"].as_str().unwrap_or_default()
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.json["metadata"][key].as_str()
+    }
 }
 
 /// A recording relay in front of stripe-mock; stops when dropped.
@@ -129,9 +152,31 @@ impl Drop for StripeRelay {
 impl StripeRelay {
     /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`.
     pub async fn start(upstream: &str) -> StripeRelay {
+        Self::start_with(upstream, State::default()).await
+    }
+
+    /// Like [`start`](Self::start), and also keeps what stripe-mock cannot:
+    /// each created invoice item gets a unique id and the metadata and
+    /// customer it was created with; a create repeating an idempotency key
+    /// gets the first answer again; listing a customer's items answers
+    /// with the items created for it (Stripe's documented list shape).
+    pub async fn start_remembering(upstream: &str) -> StripeRelay {
+        let state = State {
+            items: Some(Vec::new()),
+            ..State::default()
+        };
+        Self::start_with(upstream, state).await
+    }
+
+    /// The invoice items created so far (remembering mode).
+    pub fn items(&self) -> Vec<RememberedItem> {
+        self.lock().items.clone().unwrap_or_default()
+    }
+
+    async fn start_with(upstream: &str, state: State) -> StripeRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let url = format!("http://{}", listener.local_addr().expect("relay address"));
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(state));
         let upstream = upstream.trim_end_matches('/').to_owned();
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -239,7 +284,19 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, upstream: String
             serde_json::json!({"error": {"type": error_type, "message": message}}).to_string(),
         ),
         Some(Fault::Respond { status, body }) => (status, body),
-        None => forward(&request, &upstream).await,
+        Some(Fault::ForwardThenStall) => {
+            let (status, body) = forward(&request, &upstream).await;
+            remember(&state, &recorded, status, body);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return;
+        }
+        None => match remembered_answer(&state, &recorded) {
+            Some(answer) => answer,
+            None => {
+                let (status, body) = forward(&request, &upstream).await;
+                remember(&state, &recorded, status, body)
+            }
+        },
     };
     let head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -249,6 +306,70 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, upstream: String
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(body.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// In remembering mode, the answer Stripe would give from what it keeps:
+/// a list of the customer's items, or the first answer to a repeated
+/// idempotency key.
+fn remembered_answer(state: &Mutex<State>, r: &Recorded) -> Option<(u16, String)> {
+    let state = state.lock().unwrap_or_else(|p| p.into_inner());
+    let items = state.items.as_ref()?;
+    if r.path != "/v1/invoiceitems" {
+        return None;
+    }
+    if r.method == "GET" {
+        let customer = r.param("customer")?;
+        let data: Vec<&serde_json::Value> = items
+            .iter()
+            .filter(|i| i.customer == customer)
+            .map(|i| &i.json)
+            .collect();
+        let list = serde_json::json!({
+            "object": "list", "data": data, "has_more": false, "url": "/v1/invoiceitems",
+        });
+        return Some((200, list.to_string()));
+    }
+    let key = r.idempotency_key.as_deref()?;
+    items
+        .iter()
+        .find(|i| i.idempotency_key.as_deref() == Some(key))
+        .map(|i| (200, i.json.to_string()))
+}
+
+/// In remembering mode, keeps a successfully created item (with a unique
+/// id, and the customer and metadata sent) and answers with it.
+fn remember(state: &Mutex<State>, r: &Recorded, status: u16, body: String) -> (u16, String) {
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(items) = state.items.as_mut() else {
+        return (status, body);
+    };
+    if r.method != "POST" || r.path != "/v1/invoiceitems" || status != 200 {
+        return (status, body);
+    }
+    let Ok(mut json) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return (status, body);
+    };
+    let customer = r.field("customer").unwrap_or_default().to_owned();
+    let metadata: serde_json::Map<String, serde_json::Value> = r
+        .form
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+            Some((key.to_owned(), serde_json::Value::from(v.as_str())))
+        })
+        .collect();
+    json["id"] = format!("ii_relay_{}", items.len() + 1).into();
+    json["customer"] = customer.clone().into();
+    json["metadata"] = metadata.into();
+    if let Some(amount) = r.field("amount").and_then(|a| a.parse::<i64>().ok()) {
+        json["amount"] = amount.into();
+    }
+    items.push(RememberedItem {
+        customer,
+        idempotency_key: r.idempotency_key.clone(),
+        json: json.clone(),
+    });
+    (status, json.to_string())
 }
 
 /// Sends the request on to stripe-mock; a failure becomes a 502 the test

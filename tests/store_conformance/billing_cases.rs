@@ -243,3 +243,36 @@ pub async fn case_billing_records(store: &dyn Store) {
         .await
         .expect("ghost"));
 }
+
+pub async fn case_claims_are_exclusive(store: &dyn Store) {
+    use dynabase_actors::store::Claim;
+    let (now, until) = (UnixMillis(1_000), UnixMillis(5_000));
+    assert_eq!(
+        store.claim("claim-a#1", now, until).await.expect("claim"),
+        Claim::Won
+    );
+    assert_eq!(
+        store
+            .claim("claim-a#1", now, UnixMillis(9_000))
+            .await
+            .expect("again"),
+        Claim::Held(until),
+        "the first holder's lease stands"
+    );
+    assert_eq!(
+        store.claim("claim-a#2", now, until).await.expect("next"),
+        Claim::Won
+    );
+    // Many at once: one wins (the property compare-and-set lacks on
+    // FerretDB v1).
+    for round in 0..5 {
+        let name = format!("claim-race#{round}");
+        let outcomes =
+            futures_util::future::join_all((0..8).map(|_| store.claim(&name, now, until))).await;
+        let won = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(Claim::Won)))
+            .count();
+        assert_eq!(won, 1, "{outcomes:?}");
+    }
+}

@@ -3,14 +3,18 @@
 //! between the provider's answer and the store write, again after the
 //! provider forgot its idempotency keys — the customer gets one item.
 //!
-//! 1. **Claim**: the record's `next_attempt_at` moves to now + lease by
-//!    compare-and-set; a replica that loses the race leaves it alone.
+//! 1. **Claim** attempt n of the record (`<key>#<n>`, a unique insert): the
+//!    replica that wins moves the record's `next_attempt_at` to now +
+//!    lease; the others leave it alone. A claim whose holder died before
+//!    finishing is taken over once its lease has ended, by a successor
+//!    claim named after it (`<claim>><lease end>`), again unique.
 //! 2. **Look up** an item on the customer whose metadata names this org and
 //!    period; if there is one (an earlier attempt created it), adopt it.
 //! 3. **Create** it otherwise, with the record's idempotency key.
 //! 4. **Record** the outcome by compare-and-set: `pushed` with the item id;
-//!    on a transient error `computed` again with a backoff; on a refusal
-//!    `failed` with the reason.
+//!    on a transient error (or the provider refusing our own credentials)
+//!    `computed` again with a backoff; on a refusal `failed` with the
+//!    reason.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -23,7 +27,7 @@ use crate::{
         billing_record::{BillingRecord, BillingState},
         time::UnixMillis,
     },
-    store::{Store, StoreError},
+    store::{Claim, Store, StoreError},
 };
 
 /// How a push attempt ended.
@@ -110,6 +114,9 @@ pub async fn push(
     if record.state != BillingState::Computed || record.next_attempt_at > now {
         return Ok(PushOutcome::NotClaimed);
     }
+    if !take_claim(store.as_ref(), &record, now, now.plus(config.lease)).await? {
+        return Ok(PushOutcome::NotClaimed);
+    }
     let mut claimed = record.clone();
     claimed.attempts = record.attempts.saturating_add(1);
     claimed.next_attempt_at = now.plus(config.lease);
@@ -137,6 +144,17 @@ pub async fn push(
                 done.last_error = None;
                 outcome
             }
+            // Our credentials, not this customer: retry once they are fixed.
+            Err(
+                e @ ProviderError::Rejected {
+                    status: 401 | 403, ..
+                },
+            ) => {
+                tracing::error!(record = %claimed.key, error = %e, "the payment provider refused our credentials");
+                done.next_attempt_at = now.plus(config.retry.after(claimed.attempts));
+                done.last_error = Some(e.to_string());
+                PushOutcome::Retrying
+            }
             Err(ProviderError::Rejected { status, message }) => {
                 done.state = BillingState::Failed;
                 done.last_error = Some(format!("refused ({status}): {message}"));
@@ -158,6 +176,31 @@ pub async fn push(
         tracing::warn!(record = %done.key, "billing record changed while pushing");
     }
     Ok(outcome)
+}
+
+/// Successor claims followed at most (each is a holder that died).
+const MAX_TAKEOVERS: usize = 16;
+
+/// Step 1: whether this replica now holds the record's next attempt.
+async fn take_claim(
+    store: &dyn Store,
+    record: &BillingRecord,
+    now: UnixMillis,
+    until: UnixMillis,
+) -> Result<bool, StoreError> {
+    let mut name = format!(
+        "billing:{}#{}",
+        record.key,
+        record.attempts.saturating_add(1)
+    );
+    for _ in 0..MAX_TAKEOVERS {
+        match store.claim(&name, now, until).await? {
+            Claim::Won => return Ok(true),
+            Claim::Held(lease_end) if lease_end > now => return Ok(false),
+            Claim::Held(lease_end) => name = format!("{name}>{}", lease_end.0),
+        }
+    }
+    Ok(false)
 }
 
 async fn attempt(

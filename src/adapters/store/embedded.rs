@@ -49,6 +49,7 @@ use dynabase_actors::{
             UsageRecord, Write,
         },
     },
+    store::Claim,
     OrgId, Organization, Store, StoreError, UnixMillis,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -173,6 +174,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         EVENTS,
         billing::PERIOD_TOTALS,
         billing::BILLING,
+        billing::CLAIMS,
         CALIBRATIONS,
         NOTIFICATIONS,
         TIER_CHANGES,
@@ -585,6 +587,16 @@ impl Store for EmbeddedStore {
             Ok(found.into_iter().next())
         })
         .await
+    }
+
+    async fn claim(
+        &self,
+        name: &str,
+        _now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Claim, StoreError> {
+        let name = name.to_owned();
+        self.run(move |db| billing::claim(db, &name, until)).await
     }
 
     async fn update_billing_record_if_unchanged(

@@ -36,6 +36,7 @@ use dynabase_actors::{
             UsageRecord, Write,
         },
     },
+    store::Claim,
     OrgId, Organization, Store, StoreError, Tier, UnixMillis,
 };
 use futures_util::TryStreamExt;
@@ -268,6 +269,7 @@ pub struct MongoStore {
     events: Collection<EventDoc>,
     totals: Collection<period_totals::PeriodTotalDoc>,
     billing: Collection<billing::BillingDoc>,
+    claims: Collection<billing::ClaimDoc>,
     calibrations: Collection<CalibrationDoc>,
     notifications: Collection<NotificationDoc>,
     tier_changes: Collection<TierChangeDoc>,
@@ -299,6 +301,7 @@ impl MongoStore {
             events: db.collection(WEBHOOK_EVENTS),
             totals: db.collection(period_totals::PERIOD_TOTALS),
             billing: db.collection(billing::BILLING_RECORDS),
+            claims: db.collection(billing::CLAIMS),
             calibrations: db.collection(CALIBRATIONS),
             notifications: db.collection(NOTIFICATIONS),
             tier_changes: db.collection(TIER_CHANGES),
@@ -515,6 +518,15 @@ impl Store for MongoStore {
         item_id: &str,
     ) -> Result<Option<BillingRecord>, StoreError> {
         billing::by_item(&self.billing, item_id).await
+    }
+
+    async fn claim(
+        &self,
+        name: &str,
+        _now: UnixMillis,
+        until: UnixMillis,
+    ) -> Result<Claim, StoreError> {
+        billing::claim(&self.claims, name, until).await
     }
 
     async fn update_billing_record_if_unchanged(

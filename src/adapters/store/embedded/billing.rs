@@ -14,6 +14,7 @@ use dynabase_actors::{
         period_total::{PeriodTotal, UsageUnits},
         records::{Period, TierChange, UsageAdjustment, Write},
     },
+    store::Claim,
     OrgId, StoreError, UnixMillis,
 };
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
@@ -22,6 +23,8 @@ use super::{all_docs, decode, encode, get_doc, insert_if_absent, unavailable, Do
 
 pub(super) const PERIOD_TOTALS: DocTable = TableDefinition::new("period_totals");
 pub(super) const BILLING: DocTable = TableDefinition::new("billing_records");
+/// Claim name → the end of its lease (JSON milliseconds).
+pub(super) const CLAIMS: DocTable = TableDefinition::new("claims");
 
 fn total_key(org: &OrgId, period: &Period) -> String {
     format!("{period}/{org}")
@@ -164,4 +167,16 @@ pub(super) fn update_record_if_unchanged(
         txn.abort().map_err(unavailable)?;
     }
     Ok(replaced)
+}
+
+/// Inserts the claim unless it exists; `Held` with the existing lease end.
+pub(super) fn claim(db: &Database, name: &str, until: UnixMillis) -> Result<Claim, StoreError> {
+    let bytes = encode("claim", &until)?;
+    match insert_if_absent(db, CLAIMS, name, &bytes, None)? {
+        Write::Applied => Ok(Claim::Won),
+        Write::AlreadyApplied => {
+            let held: Option<UnixMillis> = get_doc(db, CLAIMS, name)?;
+            Ok(Claim::Held(held.unwrap_or(until)))
+        }
+    }
 }

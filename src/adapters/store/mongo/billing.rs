@@ -10,6 +10,7 @@ use dynabase_actors::{
         billing_record::{billing_key, BillingRecord, BillingState},
         records::{Period, Write},
     },
+    store::Claim,
     OrgId, StoreError, UnixMillis,
 };
 use futures_util::TryStreamExt;
@@ -26,6 +27,37 @@ use serde::{Deserialize, Serialize};
 use super::{insert_keyed, store_error, MongoStoreError};
 
 pub(super) const BILLING_RECORDS: &str = "billingRecords";
+pub(super) const CLAIMS: &str = "claims";
+
+/// A claim: its name and the end of its lease.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ClaimDoc {
+    #[serde(rename = "_id")]
+    name: String,
+    until: i64,
+}
+
+/// Inserts the claim; a duplicate `_id` means somebody holds it.
+pub(super) async fn claim(
+    coll: &Collection<ClaimDoc>,
+    name: &str,
+    until: UnixMillis,
+) -> Result<Claim, StoreError> {
+    let doc = ClaimDoc {
+        name: name.to_owned(),
+        until: until.0,
+    };
+    match insert_keyed(coll, &doc).await? {
+        Write::Applied => Ok(Claim::Won),
+        Write::AlreadyApplied => {
+            let held = coll
+                .find_one(doc! { "_id": name })
+                .await
+                .map_err(store_error)?;
+            Ok(Claim::Held(UnixMillis(held.map_or(until.0, |h| h.until))))
+        }
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
