@@ -1,5 +1,5 @@
 //! Command-line interface: `serve` (the default), `configcheck` and the
-//! operator's `org` commands.
+//! operator's `org`, `billing` and `usage` commands.
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +25,51 @@ pub enum Command {
     Org {
         #[command(subcommand)]
         command: OrgCommand,
+    },
+    /// Bill a closed period, or preview what it would charge.
+    Billing {
+        #[command(subcommand)]
+        command: BillingCommand,
+    },
+    /// Usage bookkeeping.
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// Every organization's charge for the period, as JSON; writes nothing.
+    Preview {
+        #[arg(long)]
+        period: String,
+    },
+    /// Bill the period: one billing record per organization, pushed to
+    /// Stripe (STRIPE_API_KEY). Idempotent: run it as often as you like.
+    Run {
+        #[arg(long)]
+        period: String,
+        /// The time to run at, in Unix milliseconds (default: now).
+        #[arg(long)]
+        now: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Recompute each organization's period total from its usage records
+    /// and report any difference (exit status 1 if there is one).
+    Reconcile {
+        #[arg(long)]
+        period: String,
+        /// Only this organization.
+        #[arg(long)]
+        org: Option<String>,
+        /// Replace differing totals with the recomputed ones. Run it while
+        /// no replica writes usage for the period.
+        #[arg(long)]
+        repair: bool,
     },
 }
 

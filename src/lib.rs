@@ -5,6 +5,7 @@
 
 pub mod adapters;
 pub mod app;
+pub mod billing_cli;
 pub mod cli;
 pub mod http;
 pub mod org_admin;

@@ -6,7 +6,7 @@ use std::{net::TcpListener, process::ExitCode};
 
 use clap::Parser;
 use dynabase::{
-    app,
+    app, billing_cli,
     cli::{Cli, Command},
     org_cli,
     settings::{self, LoadOptions, Secret, Settings},
@@ -46,30 +46,37 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Org { command } => {
-            init_tracing("warn");
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("dynabase: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(org_cli::run(&settings, command)) {
-                Ok(out) => {
-                    println!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("dynabase: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Org { command } => one_shot(org_cli::run(&settings, command)),
+        Command::Billing { command } => one_shot(billing_cli::billing(&settings, command)),
+        Command::Usage { command } => one_shot(billing_cli::usage(&settings, command)),
         Command::Serve { dev } => serve(settings, dev),
+    }
+}
+
+/// Runs an operator command to completion and prints its output.
+fn one_shot<E: std::fmt::Display>(
+    command: impl std::future::Future<Output = Result<String, E>>,
+) -> ExitCode {
+    init_tracing("warn");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dynabase: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dynabase: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -302,7 +302,9 @@ async fn notify_failure(deps: &RunnerDeps, org: &crate::domain::org_id::OrgId, n
     }
 }
 
-async fn run_period(
+/// Bills `period` at `now` (what [`RunPeriod`] does), outside the actor:
+/// the CLI uses it.
+pub async fn run_period(
     deps: Arc<RunnerDeps>,
     period: Period,
     now: UnixMillis,
