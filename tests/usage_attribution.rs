@@ -210,14 +210,21 @@ fn replica(dir: &std::path::Path, url: &str, db: &str, id: &str) -> Server {
     )
 }
 
-async fn warnings(store: &MongoStore, org: &str) -> Vec<String> {
+/// The keys of the org's notifications that start with `prefix`.
+async fn notified(store: &MongoStore, org: &str, prefix: &str) -> Vec<String> {
     store
         .notifications_for_org(&OrgId::parse(org).unwrap())
         .await
         .expect("notifications")
         .into_iter()
         .map(|n| n.key)
+        .filter(|k| k.starts_with(prefix))
         .collect()
+}
+
+/// The usage warnings (80%, 100%) recorded for the org.
+async fn warnings(store: &MongoStore, org: &str) -> Vec<String> {
+    notified(store, org, "usage:").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -270,10 +277,16 @@ async fn usage_warnings_fire_once_across_replicas_and_restarts() {
         .notifications_for_org(&OrgId::parse("warn-a").unwrap())
         .await
         .unwrap();
+    let hundred = notes.iter().find(|n| n.key == key(100)).expect("100%");
     assert!(
-        notes[1].message.contains("100% of the 0.0001 vCPU-hours"),
+        hundred.message.contains("100% of the 0.0001 vCPU-hours"),
         "{}",
-        notes[1].message
+        hundred.message
+    );
+    // Past its included hours, the FREE org got one upgrade prompt.
+    assert_eq!(
+        notified(&store, "warn-a", "free-overage:").await,
+        [format!("free-overage:warn-a:{period}")]
     );
     drop((r1, r2));
     store.database().drop().await.expect("drop test database");
