@@ -399,3 +399,98 @@ impl Handler<Snapshot> for ConnectionActor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix::Actor;
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::{
+        domain::spend::{CapReached, FreeOverage, SpendCap},
+        tenant::query_gate::GateVerdict,
+    };
+
+    /// The default catalog's limits: FREE 10 QPS, STARTER 50.
+    fn catalog() -> Arc<TierCatalog> {
+        let mut tiers = crate::usage_accumulator::tests::catalog()
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>();
+        for t in &mut tiers {
+            t.qps = Some(match t.tier {
+                Tier::Free => 10,
+                Tier::Starter => 50,
+                _ => 200,
+            });
+        }
+        Arc::new(TierCatalog::new(tiers).unwrap())
+    }
+
+    fn capped(action: CapAction) -> Organization {
+        let mut org = Organization::for_test("capped", Tier::Starter);
+        org.lifecycle.spend_cap = Some(SpendCap {
+            amount: Decimal::from(10),
+            action,
+            set_by: "customer".into(),
+        });
+        org.lifecycle.cap_reached = Some(CapReached {
+            period: Period::containing(UnixMillis::now()),
+            at: UnixMillis::now(),
+        });
+        org
+    }
+
+    #[actix::test]
+    async fn a_reached_cap_refuses_or_throttles_query_cycles() {
+        let actor = ConnectionActor::new(capped(CapAction::Refuse), catalog(), None).start();
+        let admission = actor
+            .send(Admit)
+            .await
+            .unwrap()
+            .expect("connections still admitted");
+        let gate = admission.gate.load();
+        let GateVerdict::Wait(wait) = gate.check() else {
+            panic!("capped cycles are refused");
+        };
+        assert_eq!(gate.refusal(wait).spend_cap, Some(Decimal::from(10)));
+
+        let actor = ConnectionActor::new(capped(CapAction::Throttle), catalog(), None).start();
+        let admission = actor.send(Admit).await.unwrap().expect("admitted");
+        assert_eq!(admission.gate.load().qps(), Some(10), "FREE's rate");
+
+        // Reached in an earlier period: lapsed.
+        let mut old = capped(CapAction::Refuse);
+        old.lifecycle.cap_reached = Some(CapReached {
+            period: Period::parse("2020-01").unwrap(),
+            at: UnixMillis(0),
+        });
+        let actor = ConnectionActor::new(old, catalog(), None).start();
+        let admission = actor.send(Admit).await.unwrap().expect("admitted");
+        assert_eq!(admission.gate.load().qps(), Some(50));
+    }
+
+    #[actix::test]
+    async fn a_free_org_past_its_soft_period_is_refused_new_connections() {
+        let now = UnixMillis::now();
+        let mut org = Organization::for_test("over", Tier::Free);
+        org.lifecycle.free_overage = Some(FreeOverage {
+            period: Period::containing(now),
+            since: now.minus(std::time::Duration::from_secs(8 * 86_400)),
+            enforce_from: now.minus(std::time::Duration::from_secs(86_400)),
+        });
+        let actor = ConnectionActor::new(org.clone(), catalog(), None)
+            .with_upgrade_url(Arc::from("https://up.example"))
+            .start();
+        let Err(ConnectionRefusal::ForcedUpgrade { upgrade_url, .. }) =
+            actor.send(Admit).await.unwrap()
+        else {
+            panic!("forced upgrade expected");
+        };
+        assert_eq!(upgrade_url, "https://up.example");
+        // Upgraded: admitted.
+        org.tier = Tier::Starter;
+        actor.send(ApplyOrganization(org)).await.unwrap();
+        assert!(actor.send(Admit).await.unwrap().is_ok());
+    }
+}

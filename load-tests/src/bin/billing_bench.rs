@@ -33,7 +33,10 @@ use dynabase_actors::{
         runner::{run_period, RunnerDeps},
         BillingConfig,
     },
-    domain::{jobs::Backoff, records::{Period, UsageRecord}},
+    domain::{
+        jobs::Backoff,
+        records::{Period, UsageRecord},
+    },
     lifecycle::notifier::Notifier,
     OrgId, Organization, SessionSettings, Store, Tier, TierCatalog, TierLimits, UnixMillis,
     Upstream,
@@ -154,8 +157,12 @@ async fn busy_org_check(store: &Arc<dyn Store>, period: &Period) -> String {
             batch.clear();
         }
     }
+    store.record_usage_batch(&batch).await.expect("usage");
     let t = Instant::now();
-    let total = store.billable_vcpu_hours(&org, period).await.expect("total");
+    let total = store
+        .billable_vcpu_hours(&org, period)
+        .await
+        .expect("total");
     let with_total = t.elapsed();
     let t = Instant::now();
     let records = store.usage_for_period(&org, period).await.expect("records");
@@ -191,7 +198,7 @@ async fn main() {
     seed(&store, n, &period).await;
     let seeded = t.elapsed();
     let provider = Arc::new(Counted {
-        inner: StripeInvoiceItems::new(Secret::new("sk_test_BillingBench".into()), Some(&stripe))
+        inner: StripeInvoiceItems::new(Secret::new("sk_test_BillingBench"), Some(&stripe))
             .expect("stripe client"),
         creates: Mutex::default(),
     });
@@ -210,11 +217,16 @@ async fn main() {
         ),
         config: config.clone(),
     });
-    let now = period.end().plus(config.settle_delay).plus(std::time::Duration::from_secs(1));
+    let now = period
+        .end()
+        .plus(config.settle_delay)
+        .plus(std::time::Duration::from_secs(1));
     let mut rows = Vec::new();
     for run in 1..=2 {
         let t = Instant::now();
-        let report = run_period(deps.clone(), period.clone(), now).await.expect("run");
+        let report = run_period(deps.clone(), period.clone(), now)
+            .await
+            .expect("run");
         let wall = t.elapsed();
         let creates: u32 = provider
             .creates
@@ -242,7 +254,10 @@ async fn main() {
         .values()
         .filter(|&&c| c > 1)
         .count();
-    println!("store: {kind}; orgs: {n}; seeding (orgs + usage): {:.1} s", seeded.as_secs_f64());
+    println!(
+        "store: {kind}; orgs: {n}; seeding (orgs + usage): {:.1} s",
+        seeded.as_secs_f64()
+    );
     println!();
     println!("| run | orgs | records written | items created | amount pushed | creates at Stripe so far | wall | orgs/s | store reads |");
     println!("|---|---|---|---|---|---|---|---|---|");
