@@ -148,6 +148,9 @@ impl Store for FlakyStore {
     async fn record_calibration(&self, r: &CalibrationRecord) -> Result<Write, StoreError> {
         self.inner.record_calibration(r).await
     }
+    async fn replace_calibration(&self, r: &CalibrationRecord) -> Result<(), StoreError> {
+        self.inner.replace_calibration(r).await
+    }
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {
         self.inner.calibrations().await
     }

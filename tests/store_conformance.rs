@@ -100,11 +100,24 @@ fn usage(key: &str, org_id: &str, p: &str, window: i64, cycles: u64, vcpu: &str)
 fn calibration(p: &str) -> CalibrationRecord {
     CalibrationRecord {
         period: period(p),
-        railway_bill: dec("123.45"),
+        source: "manual".into(),
+        railway_bill: Some(dec("123.45")),
+        measured_vcpu_minutes: None,
+        measured_gb_minutes: Some(dec("600.25")),
         estimated_vcpu_hours: dec("1000.5"),
+        estimated_gb_hours: dec("20"),
         default_rate: dec("0.10"),
-        actual_rate: dec("0.1233"),
-        variance: dec("0.0233"),
+        actual_rate: Some(dec("0.1233")),
+        variance: Some(dec("0.0233")),
+        default_gb_rate: dec("0.01386"),
+        actual_gb_rate: None,
+        gb_variance: None,
+        threshold: dec("0.2"),
+        alert: false,
+        by_tier: Vec::new(),
+        by_org: Vec::new(),
+        suggestion: None,
+        note: Some("a note".into()),
         created_at: UnixMillis(1_700_000_000_000),
     }
 }
@@ -410,7 +423,7 @@ async fn case_calibration_once_per_period(store: &dyn Store) {
         Write::Applied
     );
     let mut second_march = calibration("2025-03");
-    second_march.railway_bill = dec("1");
+    second_march.railway_bill = Some(dec("1"));
     assert_eq!(
         store
             .record_calibration(&second_march)
@@ -429,6 +442,13 @@ async fn case_calibration_once_per_period(store: &dyn Store) {
         .filter(|c| c.period.as_str().starts_with("2025-"))
         .collect();
     assert_eq!(mine, vec![&january, &march]);
+    // Replacing supersedes.
+    store
+        .replace_calibration(&second_march)
+        .await
+        .expect("replace");
+    let all = store.calibrations().await.expect("list");
+    assert!(all.contains(&second_march) && !all.contains(&march));
 }
 
 async fn case_notifications_dedupe_per_org(store: &dyn Store) {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod billing;
+pub mod calibration;
 pub mod calibrator;
 pub mod domain;
 pub mod lifecycle;

@@ -369,6 +369,13 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn replace_calibration(&self, record: &CalibrationRecord) -> Result<(), StoreError> {
+        self.data()
+            .calibrations
+            .insert(record.period.clone(), record.clone());
+        Ok(())
+    }
+
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {
         Ok(self.data().calibrations.values().cloned().collect())
     }

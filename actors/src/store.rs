@@ -199,6 +199,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// One calibration per period; a second one for the same period is refused.
     async fn record_calibration(&self, record: &CalibrationRecord) -> Result<Write, StoreError>;
+    /// Writes the period's calibration, replacing any (an operator's manual
+    /// bill, or a forced re-run, supersedes the earlier one).
+    async fn replace_calibration(&self, record: &CalibrationRecord) -> Result<(), StoreError>;
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError>;
 
     async fn add_notification(&self, n: &Notification) -> Result<Write, StoreError>;

@@ -2,6 +2,7 @@
 //! actors crate defines.
 
 pub mod outbound_webhook;
+pub mod railway;
 pub mod redis;
 pub mod redis_limits;
 pub mod redis_tier_cache;

@@ -104,17 +104,9 @@ pub struct ProcessedEvent {
     pub received_at: UnixMillis,
 }
 
-/// One month's comparison of estimated usage with the real infrastructure bill.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CalibrationRecord {
-    pub period: Period,
-    pub railway_bill: Decimal,
-    pub estimated_vcpu_hours: Decimal,
-    pub default_rate: Decimal,
-    pub actual_rate: Decimal,
-    pub variance: Decimal,
-    pub created_at: UnixMillis,
-}
+/// One month's comparison of estimated usage with the real infrastructure
+/// bill (`calibration::compute`).
+pub type CalibrationRecord = crate::calibration::compute::Calibration;
 
 /// Something an organization is told about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -616,6 +616,20 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn replace_calibration(&self, record: &CalibrationRecord) -> Result<(), StoreError> {
+        let bytes = encode("calibration", record)?;
+        let key = record.period.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            txn.open_table(CALIBRATIONS)
+                .map_err(unavailable)?
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(unavailable)?;
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {
         // Keyed by `YYYY-MM`, so key order is period order.
         self.run(|db| all_docs(db, CALIBRATIONS)).await

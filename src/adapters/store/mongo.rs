@@ -47,7 +47,6 @@ use mongodb::{
     Client, Collection, Database, IndexModel,
 };
 use org_doc::OrgDoc;
-use rust_decimal::Decimal;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::mongo_usage::UsageCollections;
@@ -90,47 +89,6 @@ struct EventDoc {
     event_id: String,
     event_type: String,
     received_at: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CalibrationDoc {
-    #[serde(rename = "_id")]
-    period: Period,
-    railway_bill: Decimal,
-    estimated_vcpu_hours: Decimal,
-    default_rate: Decimal,
-    actual_rate: Decimal,
-    variance: Decimal,
-    created_at: i64,
-}
-
-impl From<&CalibrationRecord> for CalibrationDoc {
-    fn from(r: &CalibrationRecord) -> Self {
-        Self {
-            period: r.period.clone(),
-            railway_bill: r.railway_bill,
-            estimated_vcpu_hours: r.estimated_vcpu_hours,
-            default_rate: r.default_rate,
-            actual_rate: r.actual_rate,
-            variance: r.variance,
-            created_at: r.created_at.0,
-        }
-    }
-}
-
-impl From<CalibrationDoc> for CalibrationRecord {
-    fn from(d: CalibrationDoc) -> Self {
-        Self {
-            period: d.period,
-            railway_bill: d.railway_bill,
-            estimated_vcpu_hours: d.estimated_vcpu_hours,
-            default_rate: d.default_rate,
-            actual_rate: d.actual_rate,
-            variance: d.variance,
-            created_at: UnixMillis(d.created_at),
-        }
-    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -270,7 +228,7 @@ pub struct MongoStore {
     totals: Collection<period_totals::PeriodTotalDoc>,
     billing: Collection<billing::BillingDoc>,
     claims: Collection<billing::ClaimDoc>,
-    calibrations: Collection<CalibrationDoc>,
+    calibrations: Collection<billing::CalibrationDoc>,
     notifications: Collection<NotificationDoc>,
     tier_changes: Collection<TierChangeDoc>,
     jobs: Collection<lifecycle::JobDoc>,
@@ -538,12 +496,15 @@ impl Store for MongoStore {
     }
 
     async fn record_calibration(&self, record: &CalibrationRecord) -> Result<Write, StoreError> {
-        insert_keyed(&self.calibrations, &CalibrationDoc::from(record)).await
+        billing::insert_calibration(&self.calibrations, record).await
+    }
+
+    async fn replace_calibration(&self, record: &CalibrationRecord) -> Result<(), StoreError> {
+        billing::replace_calibration(&self.calibrations, record).await
     }
 
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {
-        // `_id` is the `YYYY-MM` period, so `_id` order is period order.
-        find_sorted(&self.calibrations, doc! {}, doc! { "_id": 1 }).await
+        billing::calibrations(&self.calibrations).await
     }
 
     async fn add_notification(&self, n: &Notification) -> Result<Write, StoreError> {

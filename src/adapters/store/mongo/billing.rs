@@ -8,7 +8,7 @@
 use dynabase_actors::{
     domain::{
         billing_record::{billing_key, BillingRecord, BillingState},
-        records::{Period, Write},
+        records::{CalibrationRecord, Period, Write},
     },
     store::Claim,
     OrgId, StoreError, UnixMillis,
@@ -28,6 +28,60 @@ use super::{insert_keyed, store_error, MongoStoreError};
 
 pub(super) const BILLING_RECORDS: &str = "billingRecords";
 pub(super) const CLAIMS: &str = "claims";
+
+/// A calibration, whole under `record` (decimals as strings), keyed by
+/// its period.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct CalibrationDoc {
+    #[serde(rename = "_id")]
+    period: Period,
+    record: Document,
+}
+
+fn calibration_doc(r: &CalibrationRecord) -> Result<CalibrationDoc, StoreError> {
+    Ok(CalibrationDoc {
+        period: r.period.clone(),
+        record: bson::to_document(r)
+            .map_err(|e| StoreError::Unavailable(format!("cannot encode calibration: {e}")))?,
+    })
+}
+
+pub(super) async fn insert_calibration(
+    coll: &Collection<CalibrationDoc>,
+    r: &CalibrationRecord,
+) -> Result<Write, StoreError> {
+    insert_keyed(coll, &calibration_doc(r)?).await
+}
+
+pub(super) async fn replace_calibration(
+    coll: &Collection<CalibrationDoc>,
+    r: &CalibrationRecord,
+) -> Result<(), StoreError> {
+    coll.replace_one(doc! { "_id": r.period.as_str() }, calibration_doc(r)?)
+        .upsert(true)
+        .await
+        .map(drop)
+        .map_err(store_error)
+}
+
+pub(super) async fn calibrations(
+    coll: &Collection<CalibrationDoc>,
+) -> Result<Vec<CalibrationRecord>, StoreError> {
+    let docs: Vec<CalibrationDoc> = coll
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .map_err(store_error)?
+        .try_collect()
+        .await
+        .map_err(store_error)?;
+    docs.into_iter()
+        .map(|d| {
+            bson::from_document(d.record)
+                .map_err(|e| StoreError::Corrupt(format!("calibrations[{}]: {e}", d.period)))
+        })
+        .collect()
+}
 
 /// A claim: its name and the end of its lease.
 #[derive(Debug, Serialize, Deserialize)]
