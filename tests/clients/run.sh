@@ -110,12 +110,13 @@ missing_toolchain() { # language why
 install_python() {
     local py="${PYTHON:-python3}"
     command -v "$py" >/dev/null 2>&1 || { missing_toolchain python "python3 not found"; return; }
-    if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 9))'; then
-        missing_toolchain python "python3 is older than 3.9"
+    if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+        missing_toolchain python "python3 is older than 3.10"
         return
     fi
     local venv="$WORK/venv"
-    if [[ ! -x "$venv/bin/python" ]]; then
+    if ! "$venv/bin/python" -c '' 2>/dev/null; then   # missing, or its Python is gone
+        rm -rf "$venv"
         log "python: creating $venv"
         "$py" -m venv "$venv" || { mark_language python fail "venv creation failed"; return; }
     fi
@@ -142,8 +143,10 @@ install_java() {
     { command -v java && command -v javac && command -v mvn; } >/dev/null 2>&1 \
         || { missing_toolchain java "java, javac or mvn not found"; return; }
     log "java: mvn compile ($(java -version 2>&1 | head -n1))"
-    if ! mvn -q -B -Dstyle.color=never -f "$CLIENTS/java/pom.xml" compile dependency:build-classpath \
-            -Dmdep.outputFile="$CLIENTS/java/target/classpath.txt" >&2; then
+    # Maven's log goes to a file (it colours even quiet output); shown on failure.
+    if ! mvn -B -f "$CLIENTS/java/pom.xml" compile dependency:build-classpath \
+            -Dmdep.outputFile="$CLIENTS/java/target/classpath.txt" >"$WORK/mvn.log" 2>&1; then
+        tail -n 40 "$WORK/mvn.log" >&2
         mark_language java fail "mvn compile failed"
     fi
 }
