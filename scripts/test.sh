@@ -2,6 +2,7 @@
 # Full local/CI test run for Dynabase:
 #   1. start backing services (PostgreSQL, Redis, MongoDB-wire) via scripts/services.sh
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
+#   3. the client matrix, tests/clients/run.sh (drivers in their own languages)
 # Extra arguments are passed to `cargo test` (e.g. scripts/test.sh -- --nocapture).
 # CI is passed through unchanged: tests treat CI=true as "missing service = failure".
 set -euo pipefail
@@ -52,5 +53,14 @@ proxy_suites=(--test proxy_clients --test proxy_operations --test proxy_protocol
     --test proxy_limits --test proxy_shutdown --test usage_attribution)
 step "proxy suites again, every session on the event loop"
 DYNABASE_TEST_RELAY=event_loop cargo test -p dynabase "${proxy_suites[@]}" "$@"
+
+# The client matrix (docs/clients.md): psycopg, asyncpg, node-postgres, JDBC,
+# pgx and sqlx programs through the binary the tests built; the second pass
+# puts the main organizations on ENTERPRISE, whose sessions the event loop relays.
+clients_bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/dynabase"
+step "client matrix"
+DYNABASE_BIN="$clients_bin" tests/clients/run.sh
+step "client matrix again, main organizations on the event loop"
+DYNABASE_BIN="$clients_bin" DYNABASE_CLIENTS_MAIN_TIER=enterprise tests/clients/run.sh
 
 step "all checks passed"
