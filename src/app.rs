@@ -7,6 +7,8 @@ use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 
 use dynabase_actors::{
     billing::{provider::NoInvoiceItems, runner::BillingTick},
+    calibration::source::{NoUsageSource, UsageSource},
+    calibrator::CalibrationTick,
     lifecycle::Tick,
     shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
@@ -20,6 +22,7 @@ use tokio::sync::oneshot;
 use crate::{
     adapters::{
         outbound_webhook::{HttpNotificationSender, OutboundError},
+        railway::{RailwayClientError, RailwayUsage},
         redis::{RedisAdapterError, RedisProbe},
         redis_limits::{RedisLimits, RedisLimitsConfig, RedisLimitsError},
         redis_tier_cache::{spawn_invalidation_listener, RedisTierCache},
@@ -68,6 +71,8 @@ pub enum AppError {
     Outbound(#[from] OutboundError),
     #[error("Stripe API client: {0}")]
     StripeApi(#[from] StripeBillingError),
+    #[error("Railway API client: {0}")]
+    RailwayApi(#[from] RailwayClientError),
     #[error(transparent)]
     RedisLimits(#[from] RedisLimitsError),
     #[error("listener: {0}")]
@@ -179,6 +184,8 @@ pub async fn run(
                 Arc::new(NoInvoiceItems)
             }
         },
+        calibration: settings.calibration.config.clone(),
+        usage_source: usage_source(&settings)?,
         ..PlatformDeps::new(store.clone(), catalog.clone(), usage_config)
     });
     let invalidations = match (&settings.redis, redis_client) {
@@ -200,6 +207,10 @@ pub async fn run(
             settings.tier_cache.refresh_interval,
         )),
         tokio::spawn(tick_billing(actors.clone(), settings.billing.interval)),
+        tokio::spawn(tick_calibration(
+            actors.clone(),
+            settings.calibration.interval,
+        )),
     ];
     let sessions = Arc::new(SessionTable::default());
 
@@ -266,6 +277,7 @@ pub async fn run(
             invalidations,
         },
         billing: settings.billing.config.clone(),
+        calibration: settings.calibration.config.clone(),
     };
     let server = http::serve(listeners.http, state, settings.shutdown_deadline)?;
     let handle = server.handle();
@@ -364,6 +376,38 @@ async fn tick_billing(actors: PlatformActors, interval: Duration) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "billing run failed; retried next tick"),
             Err(_) => tracing::error!("billing job unavailable"),
+        }
+    }
+}
+
+/// Railway's API when a token is configured; otherwise calibration takes
+/// manual bills only.
+fn usage_source(settings: &Settings) -> Result<Arc<dyn UsageSource>, AppError> {
+    let c = &settings.calibration;
+    if c.railway_token.is_empty() {
+        return Ok(Arc::new(NoUsageSource));
+    }
+    Ok(Arc::new(RailwayUsage::new(
+        c.railway_token.clone(),
+        &c.railway_project_id,
+        c.railway_url.as_deref(),
+        c.railway_timeout,
+    )?))
+}
+
+/// Calibrates the last closed month once it has settled.
+async fn tick_calibration(actors: PlatformActors, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let tick = CalibrationTick {
+            now: UnixMillis::now(),
+        };
+        match actors.calibrator.send(tick).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "calibration failed; retried next tick"),
+            Err(_) => tracing::error!("calibrator unavailable"),
         }
     }
 }

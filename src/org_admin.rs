@@ -25,6 +25,8 @@ pub struct UpdateOrg {
     pub upstream: Option<Upstream>,
     pub stripe_customer_id: Option<Option<String>>,
     pub stripe_subscription_id: Option<Option<String>>,
+    /// The Railway service of the org's database (calibration).
+    pub railway_service_id: Option<Option<String>>,
     /// Why; recorded with a tier change.
     pub reason: Option<String>,
 }
@@ -37,6 +39,7 @@ impl UpdateOrg {
             || self.upstream.is_some()
             || self.stripe_customer_id.is_some()
             || self.stripe_subscription_id.is_some()
+            || self.railway_service_id.is_some()
     }
 }
 
@@ -90,6 +93,9 @@ pub async fn update(
     }
     if let Some(v) = change.stripe_customer_id {
         org.stripe_customer_id = v;
+    }
+    if let Some(v) = change.railway_service_id {
+        org.lifecycle.railway_service_id = v;
     }
     if let Some(v) = change.stripe_subscription_id {
         org.stripe_subscription_id = v;

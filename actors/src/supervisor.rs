@@ -15,7 +15,11 @@ use crate::{
         usage_policy::UsagePolicy,
         BillingConfig,
     },
-    calibrator::Calibrator,
+    calibration::{
+        source::{NoUsageSource, UsageSource},
+        CalibrationConfig,
+    },
+    calibrator::{Calibrator, CalibratorDeps},
     domain::{
         billing::PriceMap,
         catalog::{LifecyclePolicy, TierCatalog},
@@ -69,6 +73,9 @@ pub struct PlatformDeps {
     pub billing: BillingConfig,
     /// The payment provider's invoice items (Stripe in the binary).
     pub invoice_items: Arc<dyn InvoiceItems>,
+    pub calibration: CalibrationConfig,
+    /// What Railway measured (its API in the binary).
+    pub usage_source: Arc<dyn UsageSource>,
 }
 
 impl PlatformDeps {
@@ -91,6 +98,8 @@ impl PlatformDeps {
             notification_max_attempts: 25,
             billing: BillingConfig::default(),
             invoice_items: Arc::new(NoInvoiceItems),
+            calibration: CalibrationConfig::default(),
+            usage_source: Arc::new(NoUsageSource),
         }
     }
 }
@@ -147,6 +156,11 @@ impl PlatformActors {
             config: deps.billing,
             notifier: notifier.clone(),
         });
+        let calibrator_deps = Arc::new(CalibratorDeps {
+            store: deps.store.clone(),
+            source: deps.usage_source,
+            config: deps.calibration,
+        });
         let effects = BillingEffects::new(changer.clone(), deps.prices);
         let store = deps.store.clone();
         let webhooks = Supervisor::start(move |_| WebhookHandler::new(store, effects));
@@ -161,7 +175,7 @@ impl PlatformActors {
             usage: Supervisor::start(move |_| {
                 UsageAccumulator::new(usage_store, usage_catalog, usage).with_policy(policy)
             }),
-            calibrator: Supervisor::start(|_| Calibrator::default()),
+            calibrator: Supervisor::start(move |_| Calibrator::new(calibrator_deps)),
             billing: Supervisor::start(move |_| BillingRunner::new(runner_deps)),
             webhooks,
             tenants,

@@ -7,6 +7,7 @@
 mod api_token;
 mod auth;
 mod billing;
+mod calibration;
 mod connections;
 pub mod customer_limits;
 pub mod error;
@@ -47,6 +48,8 @@ pub struct HttpState {
     pub lifecycle: LifecycleHttp,
     /// Billing rules the reports show (currency, upgrade URL).
     pub billing: dynabase_actors::billing::BillingConfig,
+    /// Railway's prices, for the margin report.
+    pub calibration: dynabase_actors::calibration::CalibrationConfig,
 }
 
 /// What the tier lifecycle's routes need.
@@ -79,6 +82,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(billing::org_records)
         .service(billing::admin_set_cap)
         .service(billing::customer_set_cap)
+        .service(calibration::calibrate)
+        .service(calibration::list)
+        .service(calibration::show)
+        .service(calibration::margin)
         .service(lifecycle_admin::set_tier)
         .service(lifecycle_admin::tier_history)
         .service(lifecycle_admin::notifications)

@@ -22,6 +22,7 @@ const UPDATE_FIELDS: &[&str] = &[
     "upstream",
     "stripe_customer_id",
     "stripe_subscription_id",
+    "railway_service_id",
     "reason",
 ];
 
@@ -62,6 +63,7 @@ pub fn update_org(body: &[u8]) -> Result<UpdateOrg, ApiError> {
         }),
         stripe_customer_id: f.nullable("stripe_customer_id"),
         stripe_subscription_id: f.nullable("stripe_subscription_id"),
+        railway_service_id: f.nullable("railway_service_id"),
         reason: f.optional("reason", non_empty),
     };
     f.finish()?;

@@ -3,7 +3,7 @@
 //! `config/default.toml` → `config/tiers.toml` → `config/$DYNABASE_ENV.toml`
 //! (optional) → `DYNABASE__SECTION__KEY` → the conventional variables `PORT`,
 //! `MONGODB_URL`, `REDIS_URL`, `DYNABASE_ADMIN_TOKEN`, `RAILWAY_REPLICA_ID`,
-//! `STRIPE_WEBHOOK_SECRET`, `STRIPE_API_KEY`, `DYNABASE_NOTIFICATION_SECRET`. When the config
+//! `STRIPE_WEBHOOK_SECRET`, `STRIPE_API_KEY`, `RAILWAY_API_TOKEN`, `DYNABASE_NOTIFICATION_SECRET`. When the config
 //! directory has no `default.toml`/`tiers.toml`, copies compiled into the
 //! binary are used, so the binary runs from any directory.
 
@@ -116,6 +116,7 @@ fn build(options: &LoadOptions) -> Result<Config, config::ConfigError> {
         ("DYNABASE_ADMIN_TOKEN", "http.admin_token"),
         ("STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
         ("STRIPE_API_KEY", "stripe.api_key"),
+        ("RAILWAY_API_TOKEN", "railway.api_token"),
         (
             "DYNABASE_NOTIFICATION_SECRET",
             "notifications.signing_secret",

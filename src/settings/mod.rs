@@ -66,6 +66,7 @@ pub struct Settings {
     pub notifications: NotificationSettings,
     pub usage: UsageSettings,
     pub billing: BillingSettings,
+    pub calibration: CalibrationSettings,
     pub catalog: TierCatalog,
     pub log_filter: String,
 }
@@ -175,6 +176,19 @@ pub struct NotificationSettings {
     pub signing_secret: Secret,
     pub max_attempts: u32,
     pub backoff: Backoff,
+}
+
+/// `[calibration]` and `[railway]`.
+#[derive(Debug, Clone)]
+pub struct CalibrationSettings {
+    pub config: dynabase_actors::calibration::CalibrationConfig,
+    pub interval: Duration,
+    /// Empty: no API; manual bills only.
+    pub railway_token: Secret,
+    pub railway_project_id: String,
+    /// `None`: Railway's public endpoint.
+    pub railway_url: Option<String>,
+    pub railway_timeout: Duration,
 }
 
 /// `[billing]`.

@@ -20,6 +20,8 @@ pub struct RawSettings {
     pub notifications: RawNotifications,
     pub usage: RawUsage,
     pub billing: RawBilling,
+    pub calibration: RawCalibration,
+    pub railway: RawRailway,
     pub log: RawLog,
     pub tiers: BTreeMap<String, RawTier>,
 }
@@ -140,6 +142,23 @@ pub struct RawBilling {
     pub retry_max: String,
     pub free_soft_period: String,
     pub upgrade_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawCalibration {
+    pub vcpu_minute_price: String,
+    pub gb_minute_price: String,
+    pub threshold: String,
+    pub settle_delay: String,
+    pub interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRailway {
+    pub api_token: String,
+    pub project_id: String,
+    pub api_url: String,
+    pub request_timeout: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@ use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use dynabase_actors::{
     billing::BillingConfig,
+    calibration::CalibrationConfig,
     domain::{billing::PriceMap, catalog::LifecyclePolicy, jobs::Backoff},
     SessionSettings, Tier, TierCatalog, TierLimits, UsageFactor, UsageFactors,
 };
@@ -11,9 +12,9 @@ use rust_decimal::Decimal;
 
 use super::{
     raw::{NumberOrWord, RawFactor, RawSettings, RawTier},
-    BillingSettings, HttpSettings, LimitSettings, MongoSettings, NotificationSettings, Problem,
-    ProxySettings, RedisSettings, ScheduleSettings, Secret, Settings, StoreSettings,
-    StripeSettings, TierCacheSettings, TlsFiles, UsageSettings,
+    BillingSettings, CalibrationSettings, HttpSettings, LimitSettings, MongoSettings,
+    NotificationSettings, Problem, ProxySettings, RedisSettings, ScheduleSettings, Secret,
+    Settings, StoreSettings, StripeSettings, TierCacheSettings, TlsFiles, UsageSettings,
 };
 
 /// Longest accepted `proxy.busy_poll`.
@@ -386,6 +387,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
             factors,
         },
         billing: billing(&mut c, &raw.billing),
+        calibration: calibration(&mut c, &raw.calibration, &raw.railway),
         catalog,
         log_filter: raw.log.filter,
     };
@@ -456,6 +458,50 @@ fn notifications(c: &mut Checker, raw: &super::raw::RawNotifications) -> Notific
         signing_secret: Secret::new(raw.signing_secret.clone()),
         max_attempts: c.count("notifications.max_attempts", raw.max_attempts, 1),
         backoff: Backoff { base, max },
+    }
+}
+
+fn calibration(
+    c: &mut Checker,
+    raw: &super::raw::RawCalibration,
+    railway: &super::raw::RawRailway,
+) -> CalibrationSettings {
+    let mut price = |key: &str, value: &str| match Decimal::from_str(value) {
+        Ok(d) if d > Decimal::ZERO => d,
+        _ => {
+            c.fail(
+                key,
+                format!("must be a positive decimal string, got \"{value}\""),
+            );
+            Decimal::ONE
+        }
+    };
+    let vcpu_minute_price = price("calibration.vcpu_minute_price", &raw.vcpu_minute_price);
+    let gb_minute_price = price("calibration.gb_minute_price", &raw.gb_minute_price);
+    let threshold = price("calibration.threshold", &raw.threshold);
+    let railway_url = match railway.api_url.as_str() {
+        "" => None,
+        url if url.starts_with("https://") || url.starts_with("http://") => Some(url.to_owned()),
+        _ => {
+            c.fail("railway.api_url", "must be an http(s) URL");
+            None
+        }
+    };
+    if !railway.api_token.is_empty() && railway.project_id.is_empty() {
+        c.fail("railway.project_id", "is required with railway.api_token");
+    }
+    CalibrationSettings {
+        config: CalibrationConfig {
+            vcpu_minute_price,
+            gb_minute_price,
+            threshold,
+            settle_delay: c.duration("calibration.settle_delay", &raw.settle_delay),
+        },
+        interval: c.positive_duration("calibration.interval", &raw.interval),
+        railway_token: Secret::new(railway.api_token.clone()),
+        railway_project_id: railway.project_id.clone(),
+        railway_url,
+        railway_timeout: c.positive_duration("railway.request_timeout", &railway.request_timeout),
     }
 }
 

@@ -123,7 +123,9 @@ pub fn calibrate(input: &CalibrationInput<'_>) -> Calibration {
         .filter(|m| !m.gb_minutes.is_zero())
         .and_then(|m| ratio(m.gb_minutes * c.gb_minute_price, estimated_gb));
     let gb_variance = actual_gb_rate.and_then(|a| ratio((a - default_gb_rate).abs(), a));
-    let alert = variance.is_some_and(|v| v > c.threshold);
+    // A calibration that could not read the bill is an alert too: nobody
+    // checked the month.
+    let alert = variance.is_some_and(|v| v > c.threshold) || input.error.is_some();
     let note = input.error.clone().or_else(|| {
         if estimated_vcpu.is_zero() {
             Some("no estimated usage in the period: no rate to compare".to_owned())

@@ -79,8 +79,9 @@ pub struct PendingTierChange {
     pub reason: String,
 }
 
-/// Billing and notification state that the tier lifecycle keeps per
-/// organization. Older records have none, hence `Default`.
+/// What is kept per organization besides its identity and tier: billing
+/// and notification state, money controls, and its Railway service. Older
+/// records have none, hence `Default`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LifecycleState {
     /// Set by a failed payment, cleared by a paid invoice; after the
@@ -99,6 +100,10 @@ pub struct LifecycleState {
     /// A FREE org past its included hours this period (Q2 policy).
     #[serde(default)]
     pub free_overage: Option<FreeOverage>,
+    /// The Railway service that runs this org's database, so calibration
+    /// can compare its estimate with what Railway measured.
+    #[serde(default)]
+    pub railway_service_id: Option<String>,
 }
 
 /// A tenant as the store keeps it.

@@ -33,6 +33,8 @@ struct LifecycleDoc {
     cap_reached: Option<CapReached>,
     #[serde(default)]
     free_overage: Option<FreeOverage>,
+    #[serde(default)]
+    railway_service_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +77,7 @@ impl From<&Organization> for OrgDoc {
                 spend_cap: o.lifecycle.spend_cap.clone(),
                 cap_reached: o.lifecycle.cap_reached.clone(),
                 free_overage: o.lifecycle.free_overage.clone(),
+                railway_service_id: o.lifecycle.railway_service_id.clone(),
             },
         }
     }
@@ -102,6 +105,7 @@ impl From<OrgDoc> for Organization {
                 spend_cap: d.lifecycle.spend_cap,
                 cap_reached: d.lifecycle.cap_reached,
                 free_overage: d.lifecycle.free_overage,
+                railway_service_id: d.lifecycle.railway_service_id,
             },
         }
     }
