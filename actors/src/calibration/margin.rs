@@ -1,6 +1,6 @@
-//! Gross margin per tier for a period (spec business metric "gross margin
-//! > 70% across tiers"): revenue (base fees + overage charged) against
-//! cost (the calibrated rate × estimated vCPU-hours). Pure.
+//! Gross margin per tier for a period (the spec's business metric: gross
+//! margin above 70% across tiers): revenue (base fees + overage charged)
+//! against cost (the calibrated rate × estimated vCPU-hours). Pure.
 
 use std::collections::BTreeMap;
 
@@ -108,7 +108,7 @@ pub fn margins(
             t
         })
         .collect();
-    negative.sort_by(|a, b| (a.revenue - a.cost).cmp(&(b.revenue - b.cost)));
+    negative.sort_by_key(|o| o.revenue - o.cost);
     MarginReport {
         period: period.clone(),
         rate: rate.0,
