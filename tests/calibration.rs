@@ -24,12 +24,15 @@ use tokio::{
     net::TcpListener,
 };
 
+/// Requests seen: the Authorization header and the body.
+type Seen = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
 /// Answers each POST with the next programmed (status, body); records the
 /// requests' Authorization header and body.
 struct RailwayStandIn {
     url: String,
     answers: Arc<Mutex<VecDeque<(u16, String)>>>,
-    seen: Arc<Mutex<Vec<(Option<String>, String)>>>,
+    seen: Seen,
 }
 
 impl RailwayStandIn {
@@ -37,7 +40,7 @@ impl RailwayStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}/graphql/v2", listener.local_addr().expect("addr"));
         let answers: Arc<Mutex<VecDeque<(u16, String)>>> = Arc::default();
-        let seen: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let (a, s) = (answers.clone(), seen.clone());
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {

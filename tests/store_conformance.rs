@@ -79,6 +79,7 @@ fn org(org_id: &str) -> Organization {
                 since: UnixMillis(1_700_000_000_600),
                 enforce_from: UnixMillis(1_700_604_800_600),
             }),
+            railway_service_id: Some(format!("svc-{org_id}")),
         },
     }
 }
