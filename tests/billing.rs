@@ -327,3 +327,70 @@ async fn two_replicas_billing_at_once_create_one_item_per_org() {
     let created = ra.1["created"].as_u64().unwrap_or(0) + rb.1["created"].as_u64().unwrap_or(0);
     assert!(created <= 12, "{ra:?} {rb:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_billing_records_everything_and_sends_nothing_until_switched_live() {
+    let Some(relay) = b::relay().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = b::start(dir.path(), &b::env(&relay));
+    let (period, settled) = b::this_period();
+    b::create_org(&server, "shadow-a", "starter", Some("cus_shadow_a")).await;
+    b::add_hours(&server, "shadow-a", "40.5").await;
+
+    let (status, body) = common::admin_send(
+        &server,
+        reqwest::Method::PUT,
+        "/admin/modes",
+        serde_json::json!({ "billing": "shadow" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, preview) = admin_get(&server, &format!("/admin/billing/preview?period={period}")).await;
+    assert_eq!(preview["mode"], "shadow", "{preview}");
+    assert!(str_of(&preview["note"]).contains("sends nothing"));
+
+    let (_, report) = b::run(&server, &period, settled).await;
+    assert_eq!(report["mode"], "shadow", "{report}");
+    assert_eq!(report["recorded"], 1);
+    assert_eq!(report["created"], 0);
+    let r = b::record(&server, "shadow-a", &period).await;
+    assert_eq!(r["shadow"], true, "{r}");
+    assert_eq!(str_of(&r["charge"]["amount"]), "2.33");
+    assert_eq!(
+        relay.count("POST", "/v1/invoiceitems"),
+        0,
+        "nothing reached Stripe"
+    );
+    assert_eq!(relay.lists(), 0);
+
+    // Bad input changes nothing.
+    let (status, _) = common::admin_send(
+        &server,
+        reqwest::Method::PUT,
+        "/admin/modes",
+        serde_json::json!({ "billing": "off" }),
+    )
+    .await;
+    assert_eq!(status, 422);
+
+    // Cut-over: the same record is charged, once.
+    common::admin_send(
+        &server,
+        reqwest::Method::PUT,
+        "/admin/modes",
+        serde_json::json!({ "billing": "live" }),
+    )
+    .await;
+    let (_, live) = b::run(&server, &period, settled + 1_000).await;
+    assert_eq!(live["created"], 1, "{live}");
+    let (_, again) = b::run(&server, &period, settled + 2_000).await;
+    assert_eq!(again["created"], 0, "{again}");
+    assert_eq!(relay.items().len(), 1);
+    let r = b::record(&server, "shadow-a", &period).await;
+    assert_eq!(
+        (r["state"].as_str(), r["shadow"].as_bool()),
+        (Some("pushed"), Some(false))
+    );
+}

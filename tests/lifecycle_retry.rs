@@ -151,6 +151,12 @@ impl Store for FlakyStore {
     async fn replace_calibration(&self, r: &CalibrationRecord) -> Result<(), StoreError> {
         self.inner.replace_calibration(r).await
     }
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.setting(key).await
+    }
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.set_setting(key, value).await
+    }
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {
         self.inner.calibrations().await
     }

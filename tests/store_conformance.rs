@@ -928,6 +928,7 @@ where
     billing_cases::case_cross_org_reads_for_a_period(&*store).await;
     billing_cases::case_billing_records(&*store).await;
     billing_cases::case_claims_are_exclusive(&*store).await;
+    billing_cases::case_settings_are_shared_values(&*store).await;
     case_calibration_once_per_period(&*store).await;
     case_notifications_dedupe_per_org(&*store).await;
     case_tier_history_oldest_first(&*store).await;

@@ -40,6 +40,7 @@ struct Data {
     totals: BTreeMap<(OrgId, Period), PeriodTotal>,
     billing: BTreeMap<String, BillingRecord>,
     claims: BTreeMap<String, UnixMillis>,
+    settings: BTreeMap<String, String>,
     calibrations: BTreeMap<Period, CalibrationRecord>,
     notifications: Vec<Notification>,
     tier_changes: Vec<TierChange>,
@@ -373,6 +374,17 @@ impl Store for MemoryStore {
         self.data()
             .calibrations
             .insert(record.period.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.data().settings.get(key).cloned())
+    }
+
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.data()
+            .settings
+            .insert(key.to_owned(), value.to_owned());
         Ok(())
     }
 

@@ -204,6 +204,11 @@ pub trait Store: Send + Sync + 'static {
     async fn replace_calibration(&self, record: &CalibrationRecord) -> Result<(), StoreError>;
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError>;
 
+    /// A platform-wide switch operators change at run time (for example
+    /// `billing.mode`), shared by every replica; `None` when never set.
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
     async fn add_notification(&self, n: &Notification) -> Result<Write, StoreError>;
     async fn notifications_for_org(&self, org: &OrgId) -> Result<Vec<Notification>, StoreError>;
 

@@ -16,7 +16,9 @@ use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
 use dynabase_actors::{
     billing::{
         charge::{compute, Charge, ChargeInput, SkipReason},
+        current_mode,
         runner::{BillingJobError, Preview, RunPeriod},
+        BillingMode, MODE_SETTING,
     },
     domain::{
         billing_record::BillingState,
@@ -80,8 +82,12 @@ pub async fn preview(
         .await
         .map_err(|_| ApiError::Unavailable("the billing job"))??;
     let total = plan.total_amount();
+    let mode = current_mode(state.store.as_ref(), &state.billing).await?;
     Ok(HttpResponse::Ok().json(json!({
         "period": plan.period,
+        "mode": mode,
+        "note": (mode == BillingMode::Shadow).then_some(
+            "billing is in shadow mode: a run records these charges and sends nothing to Stripe"),
         "orgs": plan.charges.len(),
         "total_amount": total,
         "currency": state.billing.currency,
@@ -122,6 +128,48 @@ pub async fn org_records(
     let org = existing_org(&state, &path).await?;
     let records = state.store.billing_records_for_org(&org).await?;
     Ok(HttpResponse::Ok().json(json!({ "org": org, "records": records })))
+}
+
+/// `GET /admin/modes`: the run-time switches in force.
+#[get("/admin/modes")]
+pub async fn modes(_: AdminAuth, state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+    let billing = current_mode(state.store.as_ref(), &state.billing).await?;
+    Ok(HttpResponse::Ok().json(json!({ "billing": billing })))
+}
+
+/// `PUT /admin/modes` `{"billing":"live"|"shadow"}`: every replica's next
+/// billing run uses it (no restart).
+#[put("/admin/modes")]
+pub async fn set_modes(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::MalformedBody("expected a JSON object".into()));
+    };
+    let mut errors: Vec<FieldError> = map
+        .keys()
+        .filter(|k| k.as_str() != "billing")
+        .map(|k| FieldError::new(k, "unknown field"))
+        .collect();
+    let mode = map
+        .get("billing")
+        .and_then(Value::as_str)
+        .and_then(BillingMode::parse);
+    if mode.is_none() {
+        errors.push(FieldError::new("billing", "must be \"live\" or \"shadow\""));
+    }
+    match mode {
+        Some(mode) if errors.is_empty() => {
+            state.store.set_setting(MODE_SETTING, mode.as_str()).await?;
+            tracing::info!(target: "audit", mode = mode.as_str(), "billing mode set");
+            Ok(HttpResponse::Ok().json(json!({ "billing": mode })))
+        }
+        _ => Err(ApiError::InvalidFields(errors)),
+    }
 }
 
 /// What billing makes of one org's period, for the usage report.

@@ -82,6 +82,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(billing::org_records)
         .service(billing::admin_set_cap)
         .service(billing::customer_set_cap)
+        .service(billing::modes)
+        .service(billing::set_modes)
         .service(calibration::calibrate)
         .service(calibration::list)
         .service(calibration::show)

@@ -142,6 +142,7 @@ pub struct RawBilling {
     pub retry_max: String,
     pub free_soft_period: String,
     pub upgrade_url: String,
+    pub mode: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use dynabase_actors::{
-    billing::BillingConfig,
+    billing::{BillingConfig, BillingMode},
     calibration::CalibrationConfig,
     domain::{billing::PriceMap, catalog::LifecyclePolicy, jobs::Backoff},
     SessionSettings, Tier, TierCatalog, TierLimits, UsageFactor, UsageFactors,
@@ -534,6 +534,10 @@ fn billing(c: &mut Checker, raw: &super::raw::RawBilling) -> BillingSettings {
             retry: Backoff { base, max },
             free_soft_period: c.duration("billing.free_soft_period", &raw.free_soft_period),
             upgrade_url: raw.upgrade_url.clone(),
+            mode: BillingMode::parse(&raw.mode).unwrap_or_else(|| {
+                c.fail("billing.mode", "must be \"live\" or \"shadow\"");
+                BillingMode::Live
+            }),
         },
         interval: c.positive_duration("billing.interval", &raw.interval),
     }

@@ -276,3 +276,16 @@ pub async fn case_claims_are_exclusive(store: &dyn Store) {
         assert_eq!(won, 1, "{outcomes:?}");
     }
 }
+
+pub async fn case_settings_are_shared_values(store: &dyn Store) {
+    assert_eq!(store.setting("test.mode").await.expect("read"), None);
+    store.set_setting("test.mode", "shadow").await.expect("set");
+    store
+        .set_setting("test.mode", "live")
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.setting("test.mode").await.expect("read").as_deref(),
+        Some("live")
+    );
+}

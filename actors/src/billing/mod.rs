@@ -24,6 +24,52 @@ pub mod push;
 pub mod runner;
 pub mod usage_policy;
 
+/// Whether the job sends anything to the payment provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingMode {
+    /// Records are pushed to the provider.
+    #[default]
+    Live,
+    /// Everything is computed and recorded (marked `shadow`); nothing is
+    /// sent (the spec's parallel run before the cut-over).
+    Shadow,
+}
+
+impl BillingMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(Self::Live),
+            "shadow" => Some(Self::Shadow),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+/// The store setting that switches the mode on every replica at run time.
+pub const MODE_SETTING: &str = "billing.mode";
+
+/// The mode in force: the store setting when an operator set one, else
+/// the configured default.
+pub async fn current_mode(
+    store: &dyn crate::store::Store,
+    config: &BillingConfig,
+) -> Result<BillingMode, crate::store::StoreError> {
+    Ok(store
+        .setting(MODE_SETTING)
+        .await?
+        .as_deref()
+        .and_then(BillingMode::parse)
+        .unwrap_or(config.mode))
+}
+
 /// Billing configuration (`[billing]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BillingConfig {
@@ -40,6 +86,8 @@ pub struct BillingConfig {
     pub free_soft_period: Duration,
     /// Where the upgrade prompt sends people.
     pub upgrade_url: String,
+    /// The default mode (an operator's switch in the store wins).
+    pub mode: BillingMode,
 }
 
 impl Default for BillingConfig {
@@ -54,6 +102,7 @@ impl Default for BillingConfig {
             },
             free_soft_period: Duration::from_secs(7 * 86_400),
             upgrade_url: "https://dynabase.example/upgrade".to_owned(),
+            mode: BillingMode::Live,
         }
     }
 }

@@ -111,7 +111,7 @@ pub async fn push(
     record: BillingRecord,
     now: UnixMillis,
 ) -> Result<PushOutcome, StoreError> {
-    if record.state != BillingState::Computed || record.next_attempt_at > now {
+    if record.state != BillingState::Computed || record.next_attempt_at > now || record.shadow {
         return Ok(PushOutcome::NotClaimed);
     }
     if !take_claim(store.as_ref(), &record, now, now.plus(config.lease)).await? {

@@ -15,10 +15,11 @@ use serde::Serialize;
 
 use super::{
     charge::SkipReason,
+    current_mode,
     plan::{plan, OrgCharge, Plan},
     provider::InvoiceItems,
     push::{push, PushOutcome},
-    BillingConfig,
+    BillingConfig, BillingMode,
 };
 use crate::{
     domain::{
@@ -86,6 +87,8 @@ pub struct RunReport {
     pub amount_pushed: Decimal,
     /// Store reads made to plan (independent of the number of orgs).
     pub plan_store_reads: u32,
+    /// `shadow`: recorded, nothing sent.
+    pub mode: BillingMode,
 }
 
 /// What the runner is built from.
@@ -110,7 +113,7 @@ impl BillingRunner {
 
 crate::supervised_actor!(BillingRunner, "billing_runner");
 
-fn new_record(c: &OrgCharge, now: UnixMillis) -> BillingRecord {
+fn new_record(c: &OrgCharge, now: UnixMillis, mode: BillingMode) -> BillingRecord {
     BillingRecord {
         key: billing_key(&c.org, &c.charge.period),
         org: c.org.clone(),
@@ -122,7 +125,7 @@ fn new_record(c: &OrgCharge, now: UnixMillis) -> BillingRecord {
         },
         skip: c.skip,
         charge: c.charge.clone(),
-        shadow: false,
+        shadow: mode == BillingMode::Shadow,
         customer_id: c.customer_id.clone(),
         subscription_id: c.subscription_id.clone(),
         provider_item_id: None,
@@ -136,13 +139,15 @@ fn new_record(c: &OrgCharge, now: UnixMillis) -> BillingRecord {
 }
 
 /// Records the plan: a new record per org without one; a record skipped
-/// for want of a customer becomes `computed` once the org has one.
+/// for want of a customer becomes `computed` once the org has one; a shadow
+/// record becomes a live one when the mode is live.
 async fn record_plan(
     deps: &RunnerDeps,
     plan: &Plan,
     report: &mut RunReport,
     now: UnixMillis,
 ) -> Result<(), StoreError> {
+    let mode = report.mode;
     let existing: HashMap<String, BillingRecord> = deps
         .store
         .billing_records_for_period(&plan.period)
@@ -156,12 +161,18 @@ async fn record_plan(
             async move {
                 match found {
                     None => {
-                        let record = new_record(c, now);
+                        let record = new_record(c, now, mode);
                         let write = deps.store.insert_billing_record(&record).await?;
                         Ok::<_, StoreError>((write, record.state))
                     }
-                    Some(r) if r.skip == Some(SkipReason::NoCustomer) && c.skip.is_none() => {
-                        let mut recomputed = new_record(c, now);
+                    Some(r)
+                        if (r.skip == Some(SkipReason::NoCustomer) && c.skip.is_none())
+                            || (r.shadow
+                                && mode == BillingMode::Live
+                                && r.state != BillingState::Pushed
+                                && r.state != BillingState::Confirmed) =>
+                    {
+                        let mut recomputed = new_record(c, now, mode);
                         recomputed.created_at = r.created_at;
                         recomputed.updated_at = UnixMillis(now.0.max(r.updated_at.0 + 1));
                         deps.store
@@ -192,12 +203,16 @@ async fn record_plan(
     Ok(())
 }
 
-/// Pushes every `computed` record due at `now`, any period.
+/// Pushes every `computed` record due at `now`, any period (none in
+/// shadow mode).
 async fn push_due(
     deps: &RunnerDeps,
     report: &mut RunReport,
     now: UnixMillis,
 ) -> Result<(), StoreError> {
+    if report.mode == BillingMode::Shadow {
+        return Ok(());
+    }
     loop {
         let due = deps
             .store
@@ -315,12 +330,14 @@ pub async fn run_period(
             period,
         });
     }
-    metrics::counter!("dynabase_billing_runs_total").increment(1);
+    let mode = current_mode(deps.store.as_ref(), &deps.config).await?;
+    metrics::counter!("dynabase_billing_runs_total", "mode" => mode.as_str()).increment(1);
     let plan = plan(&deps.store, &deps.catalog, &deps.config, &period).await?;
     let mut report = RunReport {
         period: Some(period.clone()),
         orgs: plan.charges.len(),
         plan_store_reads: plan.store_reads,
+        mode,
         ..RunReport::default()
     };
     record_plan(&deps, &plan, &mut report, now).await?;
@@ -362,7 +379,10 @@ impl Handler<BillingTick> for BillingRunner {
             if recorded < billable {
                 return run_period(deps, period, msg.now).await;
             }
-            let mut report = RunReport::default();
+            let mut report = RunReport {
+                mode: current_mode(deps.store.as_ref(), &deps.config).await?,
+                ..RunReport::default()
+            };
             push_due(&deps, &mut report, msg.now).await?;
             Ok(report)
         })

@@ -175,6 +175,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         billing::PERIOD_TOTALS,
         billing::BILLING,
         billing::CLAIMS,
+        billing::SETTINGS,
         CALIBRATIONS,
         NOTIFICATIONS,
         TIER_CHANGES,
@@ -628,6 +629,17 @@ impl Store for EmbeddedStore {
             txn.commit().map_err(unavailable)
         })
         .await
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.run(move |db| billing::setting(db, &key)).await
+    }
+
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.run(move |db| billing::set_setting(db, &key, &value))
+            .await
     }
 
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {

@@ -228,6 +228,7 @@ pub struct MongoStore {
     totals: Collection<period_totals::PeriodTotalDoc>,
     billing: Collection<billing::BillingDoc>,
     claims: Collection<billing::ClaimDoc>,
+    settings: Collection<billing::SettingDoc>,
     calibrations: Collection<billing::CalibrationDoc>,
     notifications: Collection<NotificationDoc>,
     tier_changes: Collection<TierChangeDoc>,
@@ -260,6 +261,7 @@ impl MongoStore {
             totals: db.collection(period_totals::PERIOD_TOTALS),
             billing: db.collection(billing::BILLING_RECORDS),
             claims: db.collection(billing::CLAIMS),
+            settings: db.collection(billing::SETTINGS),
             calibrations: db.collection(CALIBRATIONS),
             notifications: db.collection(NOTIFICATIONS),
             tier_changes: db.collection(TIER_CHANGES),
@@ -501,6 +503,14 @@ impl Store for MongoStore {
 
     async fn replace_calibration(&self, record: &CalibrationRecord) -> Result<(), StoreError> {
         billing::replace_calibration(&self.calibrations, record).await
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        billing::setting(&self.settings, key).await
+    }
+
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        billing::set_setting(&self.settings, key, value).await
     }
 
     async fn calibrations(&self) -> Result<Vec<CalibrationRecord>, StoreError> {

@@ -23,6 +23,8 @@ use super::{all_docs, decode, encode, get_doc, insert_if_absent, unavailable, Do
 
 pub(super) const PERIOD_TOTALS: DocTable = TableDefinition::new("period_totals");
 pub(super) const BILLING: DocTable = TableDefinition::new("billing_records");
+/// Platform setting name → its value (JSON string).
+pub(super) const SETTINGS: DocTable = TableDefinition::new("settings");
 /// Claim name → the end of its lease (JSON milliseconds).
 pub(super) const CLAIMS: DocTable = TableDefinition::new("claims");
 
@@ -179,4 +181,18 @@ pub(super) fn claim(db: &Database, name: &str, until: UnixMillis) -> Result<Clai
             Ok(Claim::Held(held.unwrap_or(until)))
         }
     }
+}
+
+pub(super) fn setting(db: &Database, key: &str) -> Result<Option<String>, StoreError> {
+    get_doc(db, SETTINGS, key)
+}
+
+pub(super) fn set_setting(db: &Database, key: &str, value: &str) -> Result<(), StoreError> {
+    let bytes = encode("setting", &value)?;
+    let txn = db.begin_write().map_err(unavailable)?;
+    txn.open_table(SETTINGS)
+        .map_err(unavailable)?
+        .insert(key, bytes.as_slice())
+        .map_err(unavailable)?;
+    txn.commit().map_err(unavailable)
 }

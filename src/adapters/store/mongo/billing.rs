@@ -28,6 +28,41 @@ use super::{insert_keyed, store_error, MongoStoreError};
 
 pub(super) const BILLING_RECORDS: &str = "billingRecords";
 pub(super) const CLAIMS: &str = "claims";
+pub(super) const SETTINGS: &str = "settings";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct SettingDoc {
+    #[serde(rename = "_id")]
+    key: String,
+    value: String,
+}
+
+pub(super) async fn setting(
+    coll: &Collection<SettingDoc>,
+    key: &str,
+) -> Result<Option<String>, StoreError> {
+    let found = coll
+        .find_one(doc! { "_id": key })
+        .await
+        .map_err(store_error)?;
+    Ok(found.map(|d| d.value))
+}
+
+pub(super) async fn set_setting(
+    coll: &Collection<SettingDoc>,
+    key: &str,
+    value: &str,
+) -> Result<(), StoreError> {
+    let doc = SettingDoc {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    };
+    coll.replace_one(doc! { "_id": key }, doc)
+        .upsert(true)
+        .await
+        .map(drop)
+        .map_err(store_error)
+}
 
 /// A calibration, whole under `record` (decimals as strings), keyed by
 /// its period.
