@@ -1,6 +1,7 @@
-//! `dynabase billing …` and `dynabase usage reconcile`: billing and the
-//! period totals' reconciliation, run directly against the configured
-//! store (and Stripe, for `billing run`), without a server.
+//! `dynabase billing …`, `dynabase calibrate` and `dynabase usage
+//! reconcile`: billing, calibration and the period totals' reconciliation,
+//! run directly against the configured store (and Stripe or Railway),
+//! without a server.
 
 use std::sync::Arc;
 
@@ -10,6 +11,8 @@ use dynabase_actors::{
         provider::{InvoiceItems, NoInvoiceItems},
         runner::{run_period, BillingJobError, RunnerDeps},
     },
+    calibration::source::{NoUsageSource, UsageSource},
+    calibrator::{compute, CalibratorDeps},
     domain::{
         period_total::{PeriodTotal, Reconciliation},
         records::Period,
@@ -19,7 +22,10 @@ use dynabase_actors::{
 };
 
 use crate::{
-    adapters::stripe_billing::{StripeBillingError, StripeInvoiceItems},
+    adapters::{
+        railway::{RailwayClientError, RailwayUsage},
+        stripe_billing::{StripeBillingError, StripeInvoiceItems},
+    },
     app::{open_store, AppError},
     cli::{BillingCommand, UsageCommand},
     settings::Settings,
@@ -37,6 +43,8 @@ pub enum BillingCliError {
     Job(#[from] BillingJobError),
     #[error("Stripe API client: {0}")]
     Stripe(#[from] StripeBillingError),
+    #[error("Railway API client: {0}")]
+    Railway(#[from] RailwayClientError),
     #[error("cannot print JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{0} period total(s) differ from their records")]
@@ -81,6 +89,47 @@ pub async fn billing(
             Ok(serde_json::to_string_pretty(&report)?)
         }
     }
+}
+
+/// `dynabase calibrate`: computes, stores and prints the calibration.
+pub async fn calibrate(
+    settings: &Settings,
+    period_arg: &str,
+    bill_usd: Option<&str>,
+) -> Result<String, BillingCliError> {
+    let period = period(period_arg)?;
+    let bill = bill_usd
+        .map(|b| {
+            rust_decimal::Decimal::from_str_exact(b)
+                .ok()
+                .filter(|d| !d.is_sign_negative())
+                .ok_or_else(|| {
+                    BillingCliError::BadArgument(format!(
+                        "--bill-usd: must be a non-negative decimal, got {b}"
+                    ))
+                })
+        })
+        .transpose()?;
+    let (store, _) = open_store(&settings.store).await?;
+    let c = &settings.calibration;
+    let source: Arc<dyn UsageSource> = if c.railway_token.is_empty() {
+        Arc::new(NoUsageSource)
+    } else {
+        Arc::new(RailwayUsage::new(
+            c.railway_token.clone(),
+            &c.railway_project_id,
+            c.railway_url.as_deref(),
+            c.railway_timeout,
+        )?)
+    };
+    let deps = CalibratorDeps {
+        store: store.clone(),
+        source,
+        config: c.config.clone(),
+    };
+    let record = compute(&deps, &period, bill, None, UnixMillis::now()).await?;
+    store.replace_calibration(&record).await?;
+    Ok(serde_json::to_string_pretty(&record)?)
 }
 
 /// Runs one `usage` command and returns what to print; a reconciliation

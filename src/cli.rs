@@ -31,6 +31,15 @@ pub enum Command {
         #[command(subcommand)]
         command: BillingCommand,
     },
+    /// Compare a month's estimated usage with Railway's figures (its API,
+    /// or the bill given), store and print the calibration.
+    Calibrate {
+        #[arg(long)]
+        period: String,
+        /// The month's Railway bill in USD (the manual path).
+        #[arg(long)]
+        bill_usd: Option<String>,
+    },
     /// Usage bookkeeping.
     Usage {
         #[command(subcommand)]

@@ -49,6 +49,11 @@ fn main() -> ExitCode {
         Command::Org { command } => one_shot(org_cli::run(&settings, command)),
         Command::Billing { command } => one_shot(billing_cli::billing(&settings, command)),
         Command::Usage { command } => one_shot(billing_cli::usage(&settings, command)),
+        Command::Calibrate { period, bill_usd } => one_shot(billing_cli::calibrate(
+            &settings,
+            &period,
+            bill_usd.as_deref(),
+        )),
         Command::Serve { dev } => serve(settings, dev),
     }
 }
