@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    compute::Compute,
     org_id::OrgId,
     spend::{CapReached, FreeOverage, SpendCap},
     tier::Tier,
@@ -116,6 +117,9 @@ pub struct Organization {
     /// Past-due state and notification target; absent in older records.
     #[serde(default)]
     pub lifecycle: LifecycleState,
+    /// Driver and scale-to-zero state; absent in older records (always on).
+    #[serde(default)]
+    pub compute: Compute,
 }
 
 #[cfg(test)]
@@ -134,6 +138,7 @@ impl Organization {
             created_at: UnixMillis(0),
             updated_at: UnixMillis(0),
             lifecycle: LifecycleState::default(),
+            compute: Compute::default(),
         }
     }
 }

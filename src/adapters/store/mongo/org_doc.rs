@@ -3,6 +3,7 @@
 
 use dynabase_actors::{
     domain::{
+        compute::Compute,
         organization::{LifecycleState, PendingTierChange},
         spend::{CapReached, FreeOverage, SpendCap},
     },
@@ -51,6 +52,10 @@ pub(super) struct OrgDoc {
     /// Absent in documents written before the tier lifecycle existed.
     #[serde(default)]
     lifecycle: LifecycleDoc,
+    /// The domain's own (snake_case) shape, like the spend cap; absent in
+    /// documents written before scale-to-zero (always on, active).
+    #[serde(default)]
+    compute: Compute,
 }
 
 impl From<&Organization> for OrgDoc {
@@ -76,6 +81,7 @@ impl From<&Organization> for OrgDoc {
                 cap_reached: o.lifecycle.cap_reached.clone(),
                 free_overage: o.lifecycle.free_overage.clone(),
             },
+            compute: o.compute.clone(),
         }
     }
 }
@@ -103,6 +109,7 @@ impl From<OrgDoc> for Organization {
                 cap_reached: d.lifecycle.cap_reached,
                 free_overage: d.lifecycle.free_overage,
             },
+            compute: d.compute,
         }
     }
 }
