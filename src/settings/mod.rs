@@ -66,6 +66,7 @@ pub struct Settings {
     pub notifications: NotificationSettings,
     pub usage: UsageSettings,
     pub billing: BillingSettings,
+    pub scale_to_zero: ScaleToZeroSettings,
     pub catalog: TierCatalog,
     pub log_filter: String,
 }
@@ -193,4 +194,12 @@ pub struct UsageSettings {
     pub retry_max_backoff: Duration,
     pub warning_check_interval: Duration,
     pub factors: UsageFactors,
+}
+
+/// `[scale_to_zero]` (which tiers may scale to zero is in the tier catalog).
+#[derive(Debug, Clone)]
+pub struct ScaleToZeroSettings {
+    pub config: dynabase_actors::scale_to_zero::ScaleConfig,
+    /// How often idle organizations are looked for.
+    pub tick_interval: Duration,
 }

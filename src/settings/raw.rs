@@ -20,6 +20,7 @@ pub struct RawSettings {
     pub notifications: RawNotifications,
     pub usage: RawUsage,
     pub billing: RawBilling,
+    pub scale_to_zero: RawScaleToZero,
     pub log: RawLog,
     pub tiers: BTreeMap<String, RawTier>,
 }
@@ -140,6 +141,15 @@ pub struct RawBilling {
     pub retry_max: String,
     pub free_soft_period: String,
     pub upgrade_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawScaleToZero {
+    pub enabled: bool,
+    pub idle_after: String,
+    pub wake_deadline: String,
+    pub tick_interval: String,
+    pub step_lease: String,
 }
 
 #[derive(Debug, Deserialize)]

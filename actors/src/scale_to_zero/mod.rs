@@ -34,6 +34,7 @@ use crate::{
         organization::Organization,
         time::UnixMillis,
     },
+    shared_limits::SharedLimits,
     store::{Claim, Store, StoreError},
     tenant::TenantRegistry,
 };
@@ -128,6 +129,8 @@ struct Inner {
     wakes: DashMap<OrgId, WakeFuture>,
     /// When this replica last saw a session of the organization.
     last_active: DashMap<OrgId, UnixMillis>,
+    /// Org-wide connection counts (several replicas).
+    shared: Option<Arc<dyn SharedLimits>>,
 }
 
 impl ScaleToZero {
@@ -149,7 +152,32 @@ impl ScaleToZero {
                 runtime: tokio::runtime::Handle::current(),
                 wakes: DashMap::new(),
                 last_active: DashMap::new(),
+                shared: None,
             }),
+        }
+    }
+
+    /// Idle checks also ask the shared state whether any replica holds a
+    /// connection. Call before cloning.
+    pub fn with_shared_limits(mut self, shared: Option<Arc<dyn SharedLimits>>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.shared = shared;
+        }
+        self
+    }
+
+    /// Whether any replica holds a connection of `id` now; `None` when the
+    /// shared state cannot say (then nothing is suspended).
+    async fn busy_elsewhere(&self, id: &OrgId) -> Option<bool> {
+        let Some(shared) = &self.inner.shared else {
+            return Some(false);
+        };
+        match shared.connections(id).await {
+            Ok(n) => Some(n > 0),
+            Err(e) => {
+                tracing::debug!(org = %id, error = %e, "org-wide connection count unavailable; not suspending");
+                None
+            }
         }
     }
 
@@ -360,6 +388,14 @@ impl ScaleToZero {
             };
             if !due || self.inner.wakes.contains_key(&id) {
                 continue;
+            }
+            match self.busy_elsewhere(&id).await {
+                Some(false) => {}
+                Some(true) => {
+                    self.inner.last_active.insert(id, now);
+                    continue;
+                }
+                None => continue,
             }
             match self.suspend(org, now, "idle").await {
                 Ok(true) => report.suspended.push(id),
