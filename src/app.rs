@@ -11,6 +11,7 @@ use dynabase_actors::{
     shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
     tenant::SharedPolicy,
+    scale_to_zero::ScaleToZero,
     tier_cache::{NoTierCache, TierCache},
     ClockAnchor, Store, UnixMillis,
 };
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     adapters::{
+        compute::Drivers,
         outbound_webhook::{HttpNotificationSender, OutboundError},
         redis::{RedisAdapterError, RedisProbe},
         redis_limits::{RedisLimits, RedisLimitsConfig, RedisLimitsError},
@@ -189,6 +191,15 @@ pub async fn run(
         )),
         _ => None,
     };
+    let sessions = Arc::new(SessionTable::default());
+    let scale = ScaleToZero::new(
+        store.clone(),
+        actors.tenants.clone(),
+        Arc::new(Drivers),
+        catalog.clone(),
+        settings.scale_to_zero.config.clone(),
+    )
+    .with_shared_limits(shared_limits.clone());
     let background_tasks = [
         tokio::spawn(metrics_upkeep(metrics.clone())),
         tokio::spawn(tick_lifecycle(
@@ -200,8 +211,12 @@ pub async fn run(
             settings.tier_cache.refresh_interval,
         )),
         tokio::spawn(tick_billing(actors.clone(), settings.billing.interval)),
+        tokio::spawn(tick_scale_to_zero(
+            scale.clone(),
+            sessions.clone(),
+            settings.scale_to_zero.tick_interval,
+        )),
     ];
-    let sessions = Arc::new(SessionTable::default());
 
     let (cycles, cycle_source) = cycle_sink::channel(anchor);
     let cycles = if settings.usage.enabled {
@@ -230,6 +245,7 @@ pub async fn run(
         cycles,
         shared_limits,
         replica_id: settings.replica_id.clone(),
+        scale: scale.clone(),
     });
     listeners.proxy.set_nonblocking(true)?;
     let proxy_listener = tokio::net::TcpListener::from_std(listeners.proxy)?;
@@ -266,6 +282,7 @@ pub async fn run(
             invalidations,
         },
         billing: settings.billing.config.clone(),
+        scale,
     };
     let server = http::serve(listeners.http, state, settings.shutdown_deadline)?;
     let handle = server.handle();
@@ -364,6 +381,18 @@ async fn tick_billing(actors: PlatformActors, interval: Duration) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "billing run failed; retried next tick"),
             Err(_) => tracing::error!("billing job unavailable"),
+        }
+    }
+}
+
+/// Suspends idle organizations every `interval`.
+async fn tick_scale_to_zero(scale: ScaleToZero, sessions: Arc<SessionTable>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = scale.tick(UnixMillis::now(), &sessions.orgs()).await {
+            tracing::warn!(error = %e, "scale-to-zero tick failed");
         }
     }
 }

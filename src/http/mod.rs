@@ -47,6 +47,8 @@ pub struct HttpState {
     pub lifecycle: LifecycleHttp,
     /// Billing rules the reports show (currency, upgrade URL).
     pub billing: dynabase_actors::billing::BillingConfig,
+    /// Suspends and wakes databases (scale-to-zero).
+    pub scale: dynabase_actors::scale_to_zero::ScaleToZero,
 }
 
 /// What the tier lifecycle's routes need.
