@@ -8,10 +8,10 @@ use std::{future::Future, net::TcpListener, sync::Arc, time::Duration};
 use dynabase_actors::{
     billing::{provider::NoInvoiceItems, runner::BillingTick},
     lifecycle::Tick,
+    scale_to_zero::ScaleToZero,
     shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
     tenant::SharedPolicy,
-    scale_to_zero::ScaleToZero,
     tier_cache::{NoTierCache, TierCache},
     ClockAnchor, Store, UnixMillis,
 };

@@ -183,7 +183,9 @@ impl SharedLimits for RedisLimits {
 
     async fn connections(&self, org: &OrgId) -> Result<u32, SharedLimitsError> {
         let key = self.key(org, "conns");
-        let count = self.invoke::<i64>("count_connections", self.scripts.count.key(&key)).await?;
+        let count = self
+            .invoke::<i64>("count_connections", self.scripts.count.key(&key))
+            .await?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 

@@ -14,6 +14,7 @@ mod health;
 mod lifecycle_admin;
 mod org_body;
 mod orgs;
+mod scale;
 mod stripe;
 mod usage;
 
@@ -87,6 +88,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(lifecycle_admin::set_notification_url)
         .service(lifecycle_admin::stripe_event)
         .service(lifecycle_admin::tick)
+        .service(scale::set_compute)
+        .service(scale::show_compute)
+        .service(scale::suspend)
+        .service(scale::admin_wake)
+        .service(scale::customer_wake)
+        .service(scale::tick)
         .service(
             web::resource("/webhooks/stripe")
                 .app_data(web::PayloadConfig::new(stripe::MAX_BODY))

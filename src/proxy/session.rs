@@ -362,7 +362,10 @@ async fn establish(
 /// Holds the connection while a suspended database wakes (one wake for
 /// every connection that waits). `cold` when it had to wait, `warm` when
 /// the database was up.
-async fn wake_if_needed(ctx: &ProxyContext, admission: &Admission) -> Result<&'static str, ClientError> {
+async fn wake_if_needed(
+    ctx: &ProxyContext,
+    admission: &Admission,
+) -> Result<&'static str, ClientError> {
     let org = &admission.organization;
     let tier = org.tier.as_str();
     if !ScaleToZero::needs_wake(org) {

@@ -12,8 +12,8 @@ use rust_decimal::Decimal;
 use super::{
     raw::{NumberOrWord, RawFactor, RawSettings, RawTier},
     BillingSettings, HttpSettings, LimitSettings, MongoSettings, NotificationSettings, Problem,
-    ProxySettings, RedisSettings, ScaleToZeroSettings, ScheduleSettings, Secret, Settings, StoreSettings,
-    StripeSettings, TierCacheSettings, TlsFiles, UsageSettings,
+    ProxySettings, RedisSettings, ScaleToZeroSettings, ScheduleSettings, Secret, Settings,
+    StoreSettings, StripeSettings, TierCacheSettings, TlsFiles, UsageSettings,
 };
 
 /// Longest accepted `proxy.busy_poll`.
@@ -495,10 +495,7 @@ fn billing(c: &mut Checker, raw: &super::raw::RawBilling) -> BillingSettings {
 }
 
 /// The configured id (or `RAILWAY_REPLICA_ID`), else a random one.
-fn scale_to_zero(
-    c: &mut Checker,
-    raw: &super::raw::RawScaleToZero,
-) -> ScaleToZeroSettings {
+fn scale_to_zero(c: &mut Checker, raw: &super::raw::RawScaleToZero) -> ScaleToZeroSettings {
     let wake_deadline = c.positive_duration("scale_to_zero.wake_deadline", &raw.wake_deadline);
     let step_lease = c.positive_duration("scale_to_zero.step_lease", &raw.step_lease);
     // The coordinator's claim must outlive the wait of the clients it serves.

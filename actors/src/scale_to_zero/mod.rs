@@ -268,12 +268,7 @@ impl ScaleToZero {
                     continue;
                 }
             };
-            match self
-                .inner
-                .store
-                .claim(&claim, now, now.plus(lease))
-                .await?
-            {
+            match self.inner.store.claim(&claim, now, now.plus(lease)).await? {
                 Claim::Won => return self.wake_now(org).await,
                 Claim::Held(_) => tokio::time::sleep(POLL).await,
             }

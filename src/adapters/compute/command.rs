@@ -34,22 +34,19 @@ pub async fn run(
         step,
         detail: format!("cannot run sh: {e}"),
     })?;
-    let out = tokio::time::timeout(
-        Duration::from_millis(timeout_ms),
-        child.wait_with_output(),
-    )
-    .await
-    .map_err(|_| {
-        tracing::warn!(org = %org, step, timeout_ms, "compute command timed out; killed");
-        DriverError::TimedOut {
+    let out = tokio::time::timeout(Duration::from_millis(timeout_ms), child.wait_with_output())
+        .await
+        .map_err(|_| {
+            tracing::warn!(org = %org, step, timeout_ms, "compute command timed out; killed");
+            DriverError::TimedOut {
+                step,
+                limit_ms: timeout_ms,
+            }
+        })?
+        .map_err(|e| DriverError::Failed {
             step,
-            limit_ms: timeout_ms,
-        }
-    })?
-    .map_err(|e| DriverError::Failed {
-        step,
-        detail: e.to_string(),
-    })?;
+            detail: e.to_string(),
+        })?;
     let stdout = clip(&out.stdout);
     let stderr = clip(&out.stderr);
     tracing::info!(org = %org, step, status = %out.status, %stdout, %stderr, "compute command ran");

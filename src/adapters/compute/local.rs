@@ -158,16 +158,16 @@ async fn probe_once(port: u16) -> bool {
         b'R' => true,
         b'E' => {
             let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-            let body_len = usize::try_from(len.saturating_sub(4)).unwrap_or(0).min(4096);
+            let body_len = usize::try_from(len.saturating_sub(4))
+                .unwrap_or(0)
+                .min(4096);
             let mut body = vec![0u8; body_len];
             if stream.read_exact(&mut body).await.is_err() {
                 return false;
             }
             // 57P03: still starting (or shutting down); anything else is
             // the running server refusing this made-up role.
-            !body
-                .split(|&b| b == 0)
-                .any(|field| field == b"C57P03")
+            !body.split(|&b| b == 0).any(|field| field == b"C57P03")
         }
         _ => false,
     }
