@@ -70,7 +70,8 @@ struct Cluster {
 
 impl Cluster {
     fn create() -> Cluster {
-        let pg_bin = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+        let pg_bin =
+            std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
         let root = std::env::temp_dir().join(format!("wake-bench-{}", std::process::id()));
         std::fs::create_dir_all(&root).expect("root");
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -78,10 +79,17 @@ impl Cluster {
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).expect("bin");
         for tool in ["pg_ctl", "initdb"] {
-            let runner = if root_user { "runuser -u postgres -- " } else { "" };
+            let runner = if root_user {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            };
             let path = bin.join(tool);
-            std::fs::write(&path, format!("#!/bin/sh\ncd /\nexec {runner}{pg_bin}/{tool} \"$@\"\n"))
-                .expect("wrapper");
+            std::fs::write(
+                &path,
+                format!("#!/bin/sh\ncd /\nexec {runner}{pg_bin}/{tool} \"$@\"\n"),
+            )
+            .expect("wrapper");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         let data = root.join("data");
@@ -90,7 +98,11 @@ impl Cluster {
             sh(Command::new("chown").arg("postgres:postgres").arg(&data));
         }
         sh(Command::new(bin.join("initdb")).arg("-D").arg(&data).args([
-            "-U", "postgres", "-A", "trust", "--no-sync",
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
         ]));
         let port = free_port();
         let conf = data.join("postgresql.conf");
@@ -100,7 +112,12 @@ impl Cluster {
             data.display()
         ));
         std::fs::write(&conf, text).expect("conf");
-        let c = Cluster { root, data, bin, port };
+        let c = Cluster {
+            root,
+            data,
+            bin,
+            port,
+        };
         c.pg_ctl(&["-w", "start"]);
         c
     }
@@ -120,7 +137,12 @@ impl Cluster {
         std::fs::read_dir("/proc")
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .bytes()
+                            .all(|b| b.is_ascii_digit())
+                    })
                     .filter(|e| {
                         std::fs::read(e.path().join("cmdline"))
                             .map(|c| String::from_utf8_lossy(&c).contains(&needle))
@@ -200,7 +222,11 @@ async fn run(rounds: usize) {
             http = rest.trim().to_owned();
         }
         if let Some(rest) = line.strip_prefix("dynabase: PostgreSQL proxy listening on ") {
-            proxy = rest.split_whitespace().next().unwrap_or_default().to_owned();
+            proxy = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
         }
     }
     std::thread::spawn(move || for _ in lines {});
@@ -248,9 +274,13 @@ async fn run(rounds: usize) {
         alone.push(t.elapsed().as_secs_f64() * 1000.0);
 
         // Through the proxy.
-        let r = admin(reqwest::Method::POST, "/admin/orgs/bench/suspend", serde_json::json!({}))
-            .await
-            .expect("suspend");
+        let r = admin(
+            reqwest::Method::POST,
+            "/admin/orgs/bench/suspend",
+            serde_json::json!({}),
+        )
+        .await
+        .expect("suspend");
         assert_eq!(r.status(), 200, "{:?}", r.text().await);
         processes_while_suspended = processes_while_suspended.max(cluster.processes());
         let t = Instant::now();
@@ -271,8 +301,14 @@ async fn run(rounds: usize) {
     println!("| measure ({rounds} rounds, same cluster, alternating) | p50 ms | p90 ms | max ms |");
     println!("|---|---|---|---|");
     for (name, v) in [
-        ("`pg_ctl -W start` → first accepted connection (probed every 1 ms)", &alone),
-        ("through the proxy: connect → first `SELECT 1` result, suspended org", &through),
+        (
+            "`pg_ctl -W start` → first accepted connection (probed every 1 ms)",
+            &alone,
+        ),
+        (
+            "through the proxy: connect → first `SELECT 1` result, suspended org",
+            &through,
+        ),
     ] {
         println!(
             "| {name} | {:.1} | {:.1} | {:.1} |",
@@ -289,7 +325,8 @@ async fn run(rounds: usize) {
 }
 
 fn tempfile_dir() -> PathBuf {
-    let p = Path::new(&std::env::temp_dir()).join(format!("wake-bench-store-{}", std::process::id()));
+    let p =
+        Path::new(&std::env::temp_dir()).join(format!("wake-bench-store-{}", std::process::id()));
     std::fs::create_dir_all(&p).expect("store dir");
     p
 }

@@ -101,25 +101,23 @@ pub async fn stop(data_dir: &str, pg_bin: Option<&str>) -> Result<(), DriverErro
 
 pub async fn start(data_dir: &str, port: u16, pg_bin: Option<&str>) -> Result<(), DriverError> {
     let started = Instant::now();
-    if status(data_dir, pg_bin).await? == DriverStatus::Stopped {
-        let log = Path::new(data_dir).join("dynabase-start.log");
-        let log = log.to_string_lossy();
-        match run(
-            "wake",
-            pg_bin,
-            &["-D", data_dir, "-l", &log, "-W", "start"],
-            START_LIMIT,
-        )
-        .await?
-        {
-            (0, _) => {}
-            (code, text) => {
-                return Err(DriverError::Failed {
-                    step: "wake",
-                    detail: format!("pg_ctl start exited with {code}: {text}"),
-                })
-            }
-        }
+    let log = Path::new(data_dir).join("dynabase-start.log");
+    let log = log.to_string_lossy();
+    // Start first, ask later: `pg_ctl status` before every start would cost
+    // a process spawn on the client's wait. A failed start of a running
+    // server (a replica taking a wake over) is fine.
+    let (code, text) = run(
+        "wake",
+        pg_bin,
+        &["-D", data_dir, "-l", &log, "-W", "start"],
+        START_LIMIT,
+    )
+    .await?;
+    if code != 0 && status(data_dir, pg_bin).await? != DriverStatus::Running {
+        return Err(DriverError::Failed {
+            step: "wake",
+            detail: format!("pg_ctl start exited with {code}: {text}"),
+        });
     }
     loop {
         if probe(port).await {
