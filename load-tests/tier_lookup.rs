@@ -88,6 +88,7 @@ fn org(i: usize) -> Organization {
         created_at: UnixMillis(1),
         updated_at: UnixMillis(1),
         lifecycle: LifecycleState::default(),
+        compute: Default::default(),
     }
 }
 

@@ -10,6 +10,7 @@ use dynabase_actors::{
     calibration::source::{NoUsageSource, UsageSource},
     calibrator::CalibrationTick,
     lifecycle::Tick,
+    scale_to_zero::ScaleToZero,
     shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
     tenant::SharedPolicy,
@@ -21,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     adapters::{
+        compute::Drivers,
         outbound_webhook::{HttpNotificationSender, OutboundError},
         railway::{RailwayClientError, RailwayUsage},
         redis::{RedisAdapterError, RedisProbe},
@@ -196,6 +198,15 @@ pub async fn run(
         )),
         _ => None,
     };
+    let sessions = Arc::new(SessionTable::default());
+    let scale = ScaleToZero::new(
+        store.clone(),
+        actors.tenants.clone(),
+        Arc::new(Drivers),
+        catalog.clone(),
+        settings.scale_to_zero.config.clone(),
+    )
+    .with_shared_limits(shared_limits.clone());
     let background_tasks = [
         tokio::spawn(metrics_upkeep(metrics.clone())),
         tokio::spawn(tick_lifecycle(
@@ -211,8 +222,12 @@ pub async fn run(
             actors.clone(),
             settings.calibration.interval,
         )),
+        tokio::spawn(tick_scale_to_zero(
+            scale.clone(),
+            sessions.clone(),
+            settings.scale_to_zero.tick_interval,
+        )),
     ];
-    let sessions = Arc::new(SessionTable::default());
 
     let (cycles, cycle_source) = cycle_sink::channel(anchor);
     let cycles = if settings.usage.enabled {
@@ -241,6 +256,7 @@ pub async fn run(
         cycles,
         shared_limits,
         replica_id: settings.replica_id.clone(),
+        scale: scale.clone(),
     });
     listeners.proxy.set_nonblocking(true)?;
     let proxy_listener = tokio::net::TcpListener::from_std(listeners.proxy)?;
@@ -278,6 +294,7 @@ pub async fn run(
         },
         billing: settings.billing.config.clone(),
         calibration: settings.calibration.config.clone(),
+        scale,
     };
     let server = http::serve(listeners.http, state, settings.shutdown_deadline)?;
     let handle = server.handle();
@@ -408,6 +425,18 @@ async fn tick_calibration(actors: PlatformActors, interval: Duration) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "calibration failed; retried next tick"),
             Err(_) => tracing::error!("calibrator unavailable"),
+        }
+    }
+}
+
+/// Suspends idle organizations every `interval`.
+async fn tick_scale_to_zero(scale: ScaleToZero, sessions: Arc<SessionTable>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = scale.tick(UnixMillis::now(), &sessions.orgs()).await {
+            tracing::warn!(error = %e, "scale-to-zero tick failed");
         }
     }
 }

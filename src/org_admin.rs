@@ -59,6 +59,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         lifecycle: Default::default(),
+        compute: Default::default(),
     };
     store.create_org(&org).await?;
     tracing::info!(org = %org.id, tier = %org.tier, "organization created");

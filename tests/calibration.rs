@@ -138,6 +138,7 @@ async fn seed(store: &dyn Store) {
             created_at: period.start(),
             updated_at: period.start(),
             lifecycle: Default::default(),
+            compute: Default::default(),
         };
         org.lifecycle.railway_service_id = service.map(str::to_owned);
         store.create_org(&org).await.expect("org");

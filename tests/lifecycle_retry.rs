@@ -299,6 +299,7 @@ async fn a_failed_effect_is_kept_and_retried_until_applied() {
             created_at: UnixMillis(1),
             updated_at: UnixMillis(1),
             lifecycle: LifecycleState::default(),
+            compute: Default::default(),
         })
         .await
         .expect("create org");

@@ -376,7 +376,7 @@ async fn metrics_count_admissions_connections_and_query_cycles_by_tier() {
     let expected = [
         "dynabase_proxy_admissions_total{tier=\"starter\"} 1",
         "dynabase_proxy_active_connections{tier=\"starter\"} 1",
-        "dynabase_proxy_handshake_seconds_count{tier=\"starter\"} 1",
+        "dynabase_proxy_handshake_seconds_count{tier=\"starter\",start=\"warm\"} 1",
         "dynabase_proxy_query_cycles_total{tier=\"starter\"} 3",
         "dynabase_proxy_query_cycle_seconds_count{tier=\"starter\"} 3",
     ];

@@ -81,6 +81,20 @@ fn org(org_id: &str) -> Organization {
             }),
             railway_service_id: Some(format!("svc-{org_id}")),
         },
+        compute: dynabase_actors::domain::compute::Compute {
+            spec: dynabase_actors::domain::compute::ComputeSpec::Local {
+                data_dir: format!("/var/lib/tenants/{org_id}"),
+                port: 15432,
+                pg_bin: None,
+            },
+            state: dynabase_actors::domain::compute::ComputeState {
+                phase: dynabase_actors::domain::compute::Phase::Suspended,
+                since: UnixMillis(1_700_000_000_700),
+                last_error: Some("wake command exited with status 1".into()),
+                cold_starts: 3,
+                last_wake_ms: Some(180),
+            },
+        },
     }
 }
 

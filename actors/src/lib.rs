@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod memory_store;
 pub mod ping;
 pub mod rate_limiter;
+pub mod scale_to_zero;
 pub mod shared_limits;
 pub mod store;
 pub mod supervision;

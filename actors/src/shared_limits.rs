@@ -46,6 +46,10 @@ pub trait SharedLimits: Send + Sync + 'static {
     /// Gives a lease back (best effort; an unreturned lease expires).
     fn release_connection(&self, org: &OrgId, lease: &str);
 
+    /// How many org-wide connection leases `org` holds now, on all replicas
+    /// (scale-to-zero's idle check).
+    async fn connections(&self, org: &OrgId) -> Result<u32, SharedLimitsError>;
+
     /// Central rate check for small tiers: `Ok(None)` admits one cycle,
     /// `Ok(Some(wait))` says when one would fit.
     async fn take_query(

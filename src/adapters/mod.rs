@@ -1,6 +1,7 @@
 //! Adapters: the outside systems the platform talks to, behind the ports the
 //! actors crate defines.
 
+pub mod compute;
 pub mod outbound_webhook;
 pub mod railway;
 pub mod redis;

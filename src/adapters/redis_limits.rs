@@ -40,6 +40,7 @@ pub struct RedisLimitsConfig {
 
 struct Scripts {
     acquire: Script,
+    count: Script,
     take_query: Script,
     sync: Script,
     heartbeat: Script,
@@ -78,6 +79,7 @@ impl RedisLimits {
             config,
             scripts: Scripts {
                 acquire: Script::new(include_str!("lua/acquire_connection.lua")),
+                count: Script::new(include_str!("lua/count_connections.lua")),
                 take_query: Script::new(include_str!("lua/take_query.lua")),
                 sync: Script::new(include_str!("lua/sync.lua")),
                 heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
@@ -177,6 +179,14 @@ impl SharedLimits for RedisLimits {
                 .insert(lease.to_owned());
         }
         Ok(granted)
+    }
+
+    async fn connections(&self, org: &OrgId) -> Result<u32, SharedLimitsError> {
+        let key = self.key(org, "conns");
+        let count = self
+            .invoke::<i64>("count_connections", self.scripts.count.key(&key))
+            .await?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
     fn release_connection(&self, org: &OrgId, lease: &str) {

@@ -15,6 +15,7 @@ mod health;
 mod lifecycle_admin;
 mod org_body;
 mod orgs;
+mod scale;
 mod stripe;
 mod usage;
 
@@ -50,6 +51,8 @@ pub struct HttpState {
     pub billing: dynabase_actors::billing::BillingConfig,
     /// Railway's prices, for the margin report.
     pub calibration: dynabase_actors::calibration::CalibrationConfig,
+    /// Suspends and wakes databases (scale-to-zero).
+    pub scale: dynabase_actors::scale_to_zero::ScaleToZero,
 }
 
 /// What the tier lifecycle's routes need.
@@ -94,6 +97,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(lifecycle_admin::set_notification_url)
         .service(lifecycle_admin::stripe_event)
         .service(lifecycle_admin::tick)
+        .service(scale::set_compute)
+        .service(scale::show_compute)
+        .service(scale::suspend)
+        .service(scale::admin_wake)
+        .service(scale::customer_wake)
+        .service(scale::tick)
         .service(
             web::resource("/webhooks/stripe")
                 .app_data(web::PayloadConfig::new(stripe::MAX_BODY))

@@ -57,6 +57,8 @@ struct Report {
     #[serde(flatten)]
     usage: UsageReport,
     billing: BillingView,
+    /// Scale-to-zero: state and cold starts (all time).
+    scale_to_zero: serde_json::Value,
 }
 
 async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<Report, ApiError> {
@@ -79,6 +81,13 @@ async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<Report
             now,
         }),
         billing,
+        scale_to_zero: serde_json::json!({
+            "driver": organization.compute.spec.driver_name(),
+            "eligible": state.scale.eligible(&organization),
+            "state": organization.compute.state.phase,
+            "cold_starts": organization.compute.state.cold_starts,
+            "last_wake_ms": organization.compute.state.last_wake_ms,
+        }),
     })
 }
 

@@ -34,6 +34,14 @@ pub enum ClientError {
     ShuttingDown,
     #[error("the tenant service is unavailable; try again shortly")]
     TenantServiceUnavailable,
+    /// Scale-to-zero: the wake did not finish within the wake deadline
+    /// (it goes on; a retry finds it done or still running).
+    #[error("the database of organization {org} is starting up after being idle ({waited_ms} ms so far)")]
+    DatabaseStarting { org: String, waited_ms: u64 },
+    /// Scale-to-zero: the driver failed; the reason is logged and kept on
+    /// the organization record for the operator, never sent to clients.
+    #[error("the database of organization {org} could not be started")]
+    WakeFailed { org: String },
 }
 
 impl ClientError {
@@ -49,6 +57,7 @@ impl ClientError {
             ClientError::UpstreamUnavailable { .. } | ClientError::AuthTimeout => "08006",
             ClientError::AdminShutdown => "57P01",
             ClientError::ShuttingDown | ClientError::TenantServiceUnavailable => "57P03",
+            ClientError::DatabaseStarting { .. } | ClientError::WakeFailed { .. } => "57P03",
         }
     }
 
@@ -69,6 +78,12 @@ impl ClientError {
             )),
             ClientError::Md5WithOrgInUserName => Some(
                 "The MD5 hash covers the user name, so it cannot survive the proxy rewriting it. Use SCRAM-SHA-256 for this role (recommended), or connect over TLS with the host name <organization>.<domain> and the plain role name.".to_owned(),
+            ),
+            ClientError::DatabaseStarting { .. } => Some(
+                "The database was suspended while idle and is being woken; retry the connection in a moment.".to_owned(),
+            ),
+            ClientError::WakeFailed { .. } => Some(
+                "Retry the connection; the next attempt starts the database again. If this persists, contact your operator.".to_owned(),
             ),
             ClientError::NoOrganization => {
                 Some("For example: psql \"host=... user=app.acme dbname=app\"".to_owned())
@@ -112,6 +127,8 @@ impl ClientError {
             ClientError::ProtocolViolation(_) => "protocol_violation",
             ClientError::ShuttingDown => "shutting_down",
             ClientError::TenantServiceUnavailable => "tenant_service_unavailable",
+            ClientError::DatabaseStarting { .. } => "database_starting",
+            ClientError::WakeFailed { .. } => "wake_failed",
         }
     }
 }

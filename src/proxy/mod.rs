@@ -59,6 +59,8 @@ pub struct ProxyContext {
     /// Org-wide limits across replicas (Redis), when configured.
     pub shared_limits: Option<Arc<dyn SharedLimits>>,
     pub replica_id: String,
+    /// Wakes suspended databases (scale-to-zero).
+    pub scale: dynabase_actors::scale_to_zero::ScaleToZero,
 }
 
 /// Accepts connections until `shutdown` resolves and runs each session on

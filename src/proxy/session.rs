@@ -15,6 +15,7 @@ use std::{
 use actix::Addr;
 use dynabase_actors::{
     domain::cycle::SessionLabels,
+    scale_to_zero::ScaleToZero,
     shared_limits::SharedLimits,
     tenant::{Admission, Admit, ConnectionActor, Release},
     OrgId,
@@ -259,6 +260,12 @@ async fn establish(
         Err(e) => return Err((stream, e)),
     };
     metrics::counter!("dynabase_proxy_admissions_total", "tier" => tier).increment(1);
+    // Admitted (slot held) before waiting, so a crowd beyond the tier's
+    // limit is refused at once, not after the wake.
+    let start = match wake_if_needed(ctx, &admission).await {
+        Ok(start) => start,
+        Err(e) => return Err((stream, e)),
+    };
 
     let database = match startup.param("database") {
         // libpq defaults the database to the user name, here `<role>.<org>`.
@@ -324,7 +331,7 @@ async fn establish(
         }
         Ok(Ok(a)) => a,
     };
-    metrics::histogram!("dynabase_proxy_handshake_seconds", "tier" => tier)
+    metrics::histogram!("dynabase_proxy_handshake_seconds", "tier" => tier, "start" => start)
         .record(accepted.elapsed().as_secs_f64());
     registered.info.set_state(SessionState::Idle);
 
@@ -350,6 +357,48 @@ async fn establish(
         lease,
         registered,
     }))
+}
+
+/// Holds the connection while a suspended database wakes (one wake for
+/// every connection that waits). `cold` when it had to wait, `warm` when
+/// the database was up.
+async fn wake_if_needed(
+    ctx: &ProxyContext,
+    admission: &Admission,
+) -> Result<&'static str, ClientError> {
+    let org = &admission.organization;
+    let tier = org.tier.as_str();
+    if !ScaleToZero::needs_wake(org) {
+        metrics::counter!("dynabase_scale_connects_total", "tier" => tier, "start" => "warm")
+            .increment(1);
+        return Ok("warm");
+    }
+    metrics::counter!("dynabase_scale_connects_total", "tier" => tier, "start" => "cold")
+        .increment(1);
+    let waited = Instant::now();
+    let deadline = ctx.scale.config().wake_deadline;
+    let result = tokio::time::timeout(deadline, ctx.scale.ensure_awake(&org.id)).await;
+    let outcome = match &result {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(_)) => "error",
+        Err(_) => "deadline",
+    };
+    metrics::histogram!("dynabase_scale_client_wait_seconds", "tier" => tier, "outcome" => outcome)
+        .record(waited.elapsed().as_secs_f64());
+    let waited_ms = u64::try_from(waited.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match result {
+        Ok(Ok(_)) => Ok("cold"),
+        Ok(Err(e)) => {
+            tracing::warn!(org = %org.id, error = %e, waited_ms, "wake failed; connection refused with 57P03");
+            Err(ClientError::WakeFailed {
+                org: org.id.to_string(),
+            })
+        }
+        Err(_) => Err(ClientError::DatabaseStarting {
+            org: org.id.to_string(),
+            waited_ms,
+        }),
+    }
 }
 
 /// The StartupMessage sent upstream: the client's parameters with the role

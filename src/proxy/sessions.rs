@@ -177,6 +177,11 @@ impl SessionTable {
         views
     }
 
+    /// The organizations with at least one session here now.
+    pub fn orgs(&self) -> std::collections::HashSet<OrgId> {
+        self.sessions.iter().map(|s| s.org.clone()).collect()
+    }
+
     /// Asks one session to end; false if there is no such session.
     pub fn terminate(&self, id: u64) -> bool {
         match self.sessions.get(&id) {

@@ -67,6 +67,7 @@ pub struct Settings {
     pub usage: UsageSettings,
     pub billing: BillingSettings,
     pub calibration: CalibrationSettings,
+    pub scale_to_zero: ScaleToZeroSettings,
     pub catalog: TierCatalog,
     pub log_filter: String,
 }
@@ -207,4 +208,12 @@ pub struct UsageSettings {
     pub retry_max_backoff: Duration,
     pub warning_check_interval: Duration,
     pub factors: UsageFactors,
+}
+
+/// `[scale_to_zero]` (which tiers may scale to zero is in the tier catalog).
+#[derive(Debug, Clone)]
+pub struct ScaleToZeroSettings {
+    pub config: dynabase_actors::scale_to_zero::ScaleConfig,
+    /// How often idle organizations are looked for.
+    pub tick_interval: Duration,
 }

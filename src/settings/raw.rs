@@ -22,6 +22,7 @@ pub struct RawSettings {
     pub billing: RawBilling,
     pub calibration: RawCalibration,
     pub railway: RawRailway,
+    pub scale_to_zero: RawScaleToZero,
     pub log: RawLog,
     pub tiers: BTreeMap<String, RawTier>,
 }
@@ -160,6 +161,15 @@ pub struct RawRailway {
     pub project_id: String,
     pub api_url: String,
     pub request_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawScaleToZero {
+    pub enabled: bool,
+    pub idle_after: String,
+    pub wake_deadline: String,
+    pub tick_interval: String,
+    pub step_lease: String,
 }
 
 #[derive(Debug, Deserialize)]

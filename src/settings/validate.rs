@@ -13,8 +13,9 @@ use rust_decimal::Decimal;
 use super::{
     raw::{NumberOrWord, RawFactor, RawSettings, RawTier},
     BillingSettings, CalibrationSettings, HttpSettings, LimitSettings, MongoSettings,
-    NotificationSettings, Problem, ProxySettings, RedisSettings, ScheduleSettings, Secret,
-    Settings, StoreSettings, StripeSettings, TierCacheSettings, TlsFiles, UsageSettings,
+    NotificationSettings, Problem, ProxySettings, RedisSettings, ScaleToZeroSettings,
+    ScheduleSettings, Secret, Settings, StoreSettings, StripeSettings, TierCacheSettings, TlsFiles,
+    UsageSettings,
 };
 
 /// Longest accepted `proxy.busy_poll`.
@@ -388,6 +389,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         },
         billing: billing(&mut c, &raw.billing),
         calibration: calibration(&mut c, &raw.calibration, &raw.railway),
+        scale_to_zero: scale_to_zero(&mut c, &raw.scale_to_zero),
         catalog,
         log_filter: raw.log.filter,
     };
@@ -544,6 +546,27 @@ fn billing(c: &mut Checker, raw: &super::raw::RawBilling) -> BillingSettings {
 }
 
 /// The configured id (or `RAILWAY_REPLICA_ID`), else a random one.
+fn scale_to_zero(c: &mut Checker, raw: &super::raw::RawScaleToZero) -> ScaleToZeroSettings {
+    let wake_deadline = c.positive_duration("scale_to_zero.wake_deadline", &raw.wake_deadline);
+    let step_lease = c.positive_duration("scale_to_zero.step_lease", &raw.step_lease);
+    // The coordinator's claim must outlive the wait of the clients it serves.
+    if step_lease < wake_deadline {
+        c.fail(
+            "scale_to_zero.step_lease",
+            "must not be shorter than scale_to_zero.wake_deadline",
+        );
+    }
+    ScaleToZeroSettings {
+        config: dynabase_actors::scale_to_zero::ScaleConfig {
+            enabled: raw.enabled,
+            idle_after: c.positive_duration("scale_to_zero.idle_after", &raw.idle_after),
+            wake_deadline,
+            step_lease,
+        },
+        tick_interval: c.positive_duration("scale_to_zero.tick_interval", &raw.tick_interval),
+    }
+}
+
 fn replica_id(configured: &str) -> String {
     if !configured.is_empty() {
         return configured.to_owned();

@@ -2,6 +2,7 @@
 //! over real HTTP.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pg;
 pub mod stripe;
 pub mod stripe_mock;

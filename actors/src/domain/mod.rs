@@ -4,6 +4,7 @@ pub mod billing;
 pub mod billing_record;
 pub mod calendar;
 pub mod catalog;
+pub mod compute;
 pub mod cycle;
 pub mod jobs;
 pub mod org_id;

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    compute::Compute,
     org_id::OrgId,
     spend::{CapReached, FreeOverage, SpendCap},
     tier::Tier,
@@ -121,6 +122,9 @@ pub struct Organization {
     /// Past-due state and notification target; absent in older records.
     #[serde(default)]
     pub lifecycle: LifecycleState,
+    /// Driver and scale-to-zero state; absent in older records (always on).
+    #[serde(default)]
+    pub compute: Compute,
 }
 
 #[cfg(test)]
@@ -139,6 +143,7 @@ impl Organization {
             created_at: UnixMillis(0),
             updated_at: UnixMillis(0),
             lifecycle: LifecycleState::default(),
+            compute: Compute::default(),
         }
     }
 }

@@ -130,6 +130,7 @@ mod tests {
             created_at: UnixMillis(0),
             updated_at: UnixMillis(0),
             lifecycle: LifecycleState::default(),
+            compute: Default::default(),
         }
     }
 

@@ -113,6 +113,7 @@ async fn seed(store: &Arc<dyn Store>, n: usize, period: &Period) {
             created_at: period.start(),
             updated_at: period.start(),
             lifecycle: Default::default(),
+            compute: Default::default(),
         };
         store.create_org(&org).await.expect("create org");
         batch.push(UsageRecord {

@@ -3,6 +3,7 @@
 
 use dynabase_actors::{
     domain::{
+        compute::Compute,
         organization::{LifecycleState, PendingTierChange},
         spend::{CapReached, FreeOverage, SpendCap},
     },
@@ -53,6 +54,10 @@ pub(super) struct OrgDoc {
     /// Absent in documents written before the tier lifecycle existed.
     #[serde(default)]
     lifecycle: LifecycleDoc,
+    /// The domain's own (snake_case) shape, like the spend cap; absent in
+    /// documents written before scale-to-zero (always on, active).
+    #[serde(default)]
+    compute: Compute,
 }
 
 impl From<&Organization> for OrgDoc {
@@ -79,6 +84,7 @@ impl From<&Organization> for OrgDoc {
                 free_overage: o.lifecycle.free_overage.clone(),
                 railway_service_id: o.lifecycle.railway_service_id.clone(),
             },
+            compute: o.compute.clone(),
         }
     }
 }
@@ -107,6 +113,7 @@ impl From<OrgDoc> for Organization {
                 free_overage: d.lifecycle.free_overage,
                 railway_service_id: d.lifecycle.railway_service_id,
             },
+            compute: d.compute,
         }
     }
 }

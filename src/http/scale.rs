@@ -1,0 +1,238 @@
+//! Scale-to-zero routes (docs/scale-to-zero.md):
+//!
+//! - `PUT /admin/orgs/{id}/compute`: the org's compute driver, e.g.
+//!   `{"driver":"local","data_dir":"/srv/pg/acme","port":5433}`;
+//!   `GET /admin/orgs/{id}/compute`: driver and state;
+//! - `POST /admin/orgs/{id}/suspend`: suspend now (waits for the driver);
+//! - `POST /admin/orgs/{id}/wake` and, with the org's API token,
+//!   `POST /v1/wake`: start a wake and answer at once (202) with the state
+//!   and the expected ready time;
+//! - `POST /admin/scale-to-zero/tick` `{"now":<unix ms>}`: one idle check
+//!   now (`now` in the future only with `lifecycle.allow_clock_override`).
+
+use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
+use dynabase_actors::{
+    domain::compute::{Compute, ComputeSpec, Phase},
+    scale_to_zero::ControlError,
+    OrgId, Organization, UnixMillis,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    api_token,
+    auth::AdminAuth,
+    error::{ApiError, FieldError},
+    orgs::org_id,
+    HttpState,
+};
+
+/// Compute writes retried when the org changes under them.
+const CAS_ATTEMPTS: usize = 3;
+/// A `now` at most this far ahead of the wall clock needs no override.
+const CLOCK_SLACK_MS: i64 = 1_000;
+/// Expected wake time before an org has woken once.
+const FIRST_WAKE_GUESS_MS: i64 = 1_000;
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound(id) => ApiError::org_not_found(&id),
+            e @ (ControlError::AlwaysOn(_) | ControlError::Busy { .. }) => {
+                ApiError::Conflict(e.to_string())
+            }
+            ControlError::Store(e) => e.into(),
+            ControlError::Driver(e) => {
+                tracing::warn!(error = %e, "operator suspend failed");
+                ApiError::Unavailable("the compute driver")
+            }
+        }
+    }
+}
+
+/// What the API shows of an org's compute section. `last_error` (driver
+/// output) only to operators.
+fn view(org: &Organization, admin: bool) -> Value {
+    let c = &org.compute;
+    let mut v = json!({
+        "org": org.id,
+        "driver": c.spec.driver_name(),
+        "state": c.state.phase,
+        "since": c.state.since,
+        "cold_starts": c.state.cold_starts,
+        "last_wake_ms": c.state.last_wake_ms,
+        "expected_ready_at": expected_ready_at(&c.state, UnixMillis::now()),
+    });
+    if admin {
+        v["spec"] = json!(c.spec);
+        v["last_error"] = json!(c.state.last_error);
+    }
+    v
+}
+
+/// When a connection can expect the database: now if active, else after
+/// a wake as long as the last one.
+fn expected_ready_at(
+    state: &dynabase_actors::domain::compute::ComputeState,
+    now: UnixMillis,
+) -> UnixMillis {
+    if state.phase == Phase::Active {
+        return now;
+    }
+    let last = state
+        .last_wake_ms
+        .and_then(|ms| i64::try_from(ms).ok())
+        .unwrap_or(FIRST_WAKE_GUESS_MS);
+    UnixMillis(now.0.saturating_add(last))
+}
+
+fn parse_spec(body: &[u8]) -> Result<ComputeSpec, ApiError> {
+    let spec: ComputeSpec =
+        serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
+    spec.validate()
+        .map_err(|e| ApiError::InvalidFields(vec![FieldError::new("compute", e.to_string())]))?;
+    Ok(spec)
+}
+
+#[put("/admin/orgs/{id}/compute")]
+pub async fn set_compute(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = org_id(&path)?;
+    let spec = parse_spec(&body)?;
+    for _ in 0..CAS_ATTEMPTS {
+        let mut org = state
+            .store
+            .get_org(&id)
+            .await?
+            .ok_or_else(|| ApiError::org_not_found(&id))?;
+        let seen = org.updated_at;
+        let now = UnixMillis(UnixMillis::now().0.max(seen.0 + 1));
+        if matches!(org.compute.state.phase, Phase::Suspending | Phase::Waking) {
+            return Err(ApiError::Conflict(format!(
+                "organization `{id}` is {}; change its driver once that is done",
+                org.compute.state.phase.as_str()
+            )));
+        }
+        let was = org.compute.spec.clone();
+        org.compute.spec = spec.clone();
+        if !spec.can_suspend() || !was.can_suspend() {
+            // A database that just got (or lost) a driver runs: the idle
+            // clock starts now.
+            let cold_starts = org.compute.state.cold_starts;
+            org.compute = Compute {
+                spec: spec.clone(),
+                ..Compute::default()
+            };
+            org.compute.state.cold_starts = cold_starts;
+            org.compute.enter(Phase::Active, now);
+        }
+        org.updated_at = now;
+        if state.store.update_org_if_unchanged(&org, seen).await? {
+            tracing::info!(target: "audit", org = %id, driver = spec.driver_name(), "compute driver set");
+            if let Err(e) = state.actors.tenants.publish_change(org.clone()).await {
+                tracing::warn!(org = %id, error = %e, "change announcement failed; retried in the background");
+            }
+            return Ok(HttpResponse::Ok().json(view(&org, true)));
+        }
+    }
+    Err(ApiError::Conflict(format!(
+        "organization `{id}` is being changed concurrently; try again"
+    )))
+}
+
+#[get("/admin/orgs/{id}/compute")]
+pub async fn show_compute(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = org_id(&path)?;
+    let org = state
+        .store
+        .get_org(&id)
+        .await?
+        .ok_or_else(|| ApiError::org_not_found(&id))?;
+    Ok(HttpResponse::Ok().json(view(&org, true)))
+}
+
+#[post("/admin/orgs/{id}/suspend")]
+pub async fn suspend(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = org_id(&path)?;
+    let org = state.scale.suspend_now(&id).await?;
+    Ok(HttpResponse::Ok().json(view(&org, true)))
+}
+
+async fn wake(state: &HttpState, id: &OrgId, admin: bool) -> Result<HttpResponse, ApiError> {
+    let org = state.scale.current(id).await?;
+    if org.compute.state.phase == Phase::Active {
+        return Ok(HttpResponse::Ok().json(view(&org, admin)));
+    }
+    state.scale.start_wake(id);
+    let mut body = view(&org, admin);
+    body["state"] = json!(Phase::Waking);
+    Ok(HttpResponse::Accepted().json(body))
+}
+
+#[post("/admin/orgs/{id}/wake")]
+pub async fn admin_wake(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = org_id(&path)?;
+    wake(&state, &id, true).await
+}
+
+#[post("/v1/wake")]
+pub async fn customer_wake(
+    req: HttpRequest,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    // The token decides the org; nothing in the request can name another.
+    let id = api_token::authenticate(&req, state.store.as_ref()).await?;
+    let tier = state
+        .store
+        .get_org(&id)
+        .await?
+        .ok_or(ApiError::Unauthorized)?
+        .tier;
+    state.customer_limits.check(&id, tier)?;
+    wake(&state, &id, false).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TickBody {
+    now: Option<i64>,
+}
+
+#[post("/admin/scale-to-zero/tick")]
+pub async fn tick(
+    _: AdminAuth,
+    state: web::Data<HttpState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: TickBody = if body.is_empty() {
+        TickBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
+    };
+    let wall = UnixMillis::now();
+    let now = body.now.map_or(wall, UnixMillis);
+    if now.0 > wall.0.saturating_add(CLOCK_SLACK_MS) && !state.lifecycle.allow_clock_override {
+        return Err(ApiError::InvalidFields(vec![FieldError::new(
+            "now",
+            "is in the future; only allowed with lifecycle.allow_clock_override",
+        )]));
+    }
+    let report = state.scale.tick(now, &state.sessions.orgs()).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
