@@ -55,6 +55,20 @@ pub async fn authenticate(req: &HttpRequest, store: &dyn Store) -> Result<OrgId,
     }
 }
 
+/// The org a customer request is for: its API token decides (nothing in the
+/// request can name another org), within the org's request limits.
+pub async fn customer(req: &HttpRequest, state: &super::HttpState) -> Result<OrgId, ApiError> {
+    let org = authenticate(req, state.store.as_ref()).await?;
+    let tier = state
+        .store
+        .get_org(&org)
+        .await?
+        .ok_or(ApiError::Unauthorized)?
+        .tier;
+    state.customer_limits.check(&org, tier)?;
+    Ok(org)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,8 +40,6 @@ use super::{
     HttpState,
 };
 
-/// A `now` at most this far ahead of the wall clock needs no override.
-const CLOCK_SLACK_MS: i64 = 1_000;
 /// Spend-cap writes retried when the org changes under them.
 const CAS_ATTEMPTS: usize = 3;
 
@@ -102,14 +100,7 @@ pub async fn run(
     query: web::Query<RunQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let period = required_period(query.period.as_deref())?;
-    let wall = UnixMillis::now();
-    let now = query.now.map_or(wall, UnixMillis);
-    if now.0 > wall.0.saturating_add(CLOCK_SLACK_MS) && !state.lifecycle.allow_clock_override {
-        return Err(ApiError::InvalidFields(vec![FieldError::new(
-            "now",
-            "is in the future; only allowed with lifecycle.allow_clock_override",
-        )]));
-    }
+    let now = state.lifecycle.now(query.now.map(UnixMillis))?;
     let report = state
         .actors
         .billing
@@ -348,15 +339,7 @@ pub async fn customer_set_cap(
     state: web::Data<HttpState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    // The token decides the org; nothing in the request can name another.
-    let org = api_token::authenticate(&req, state.store.as_ref()).await?;
-    let tier = state
-        .store
-        .get_org(&org)
-        .await?
-        .ok_or(ApiError::Unauthorized)?
-        .tier;
-    state.customer_limits.check(&org, tier)?;
+    let org = api_token::customer(&req, &state).await?;
     let cap = parse_cap(&body, "customer")?;
     let updated = set_cap(&state, &org, cap).await?;
     Ok(HttpResponse::Ok().json(cap_view(&updated)))

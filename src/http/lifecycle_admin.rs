@@ -25,10 +25,6 @@ use super::{
     HttpState,
 };
 
-/// A `now` at most this far ahead of the wall clock needs no override
-/// (clocks of replicas and callers differ a little).
-const CLOCK_SLACK_MS: i64 = 1_000;
-
 impl From<ChangeError> for ApiError {
     fn from(e: ChangeError) -> Self {
         match e {
@@ -216,11 +212,10 @@ pub async fn tick(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let map = object(&body, &["now"])?;
-    let wall = UnixMillis::now();
-    let now = match map.get("now") {
-        None | Some(Value::Null) => wall,
+    let requested = match map.get("now") {
+        None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
-            Some(ms) => UnixMillis(ms),
+            Some(ms) => Some(UnixMillis(ms)),
             None => {
                 return Err(ApiError::InvalidFields(vec![FieldError::new(
                     "now",
@@ -229,12 +224,7 @@ pub async fn tick(
             }
         },
     };
-    if now.0 > wall.0.saturating_add(CLOCK_SLACK_MS) && !state.lifecycle.allow_clock_override {
-        return Err(ApiError::InvalidFields(vec![FieldError::new(
-            "now",
-            "is in the future; only allowed with lifecycle.allow_clock_override",
-        )]));
-    }
+    let now = state.lifecycle.now(requested)?;
     let report = state
         .actors
         .lifecycle

@@ -65,6 +65,32 @@ pub struct LifecycleHttp {
     pub invalidations: Option<Arc<ListenerStatus>>,
 }
 
+/// A `now` at most this far ahead of the wall clock needs no override
+/// (clocks of replicas and callers differ a little).
+const CLOCK_SLACK_MS: i64 = 1_000;
+
+impl LifecycleHttp {
+    /// The instant an operator asked a route to act at: the wall clock, or
+    /// `requested` — in the future only with
+    /// `lifecycle.allow_clock_override` (tests; never in production).
+    pub(crate) fn now(
+        &self,
+        requested: Option<dynabase_actors::UnixMillis>,
+    ) -> Result<dynabase_actors::UnixMillis, error::ApiError> {
+        let wall = dynabase_actors::UnixMillis::now();
+        let now = requested.unwrap_or(wall);
+        if now.0 > wall.0.saturating_add(CLOCK_SLACK_MS) && !self.allow_clock_override {
+            return Err(error::ApiError::InvalidFields(vec![
+                error::FieldError::new(
+                    "now",
+                    "is in the future; only allowed with lifecycle.allow_clock_override",
+                ),
+            ]));
+        }
+        Ok(now)
+    }
+}
+
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health::health)

@@ -29,8 +29,6 @@ use super::{
 
 /// Compute writes retried when the org changes under them.
 const CAS_ATTEMPTS: usize = 3;
-/// A `now` at most this far ahead of the wall clock needs no override.
-const CLOCK_SLACK_MS: i64 = 1_000;
 /// Expected wake time before an org has woken once.
 const FIRST_WAKE_GUESS_MS: i64 = 1_000;
 
@@ -196,15 +194,7 @@ pub async fn customer_wake(
     req: HttpRequest,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
-    // The token decides the org; nothing in the request can name another.
-    let id = api_token::authenticate(&req, state.store.as_ref()).await?;
-    let tier = state
-        .store
-        .get_org(&id)
-        .await?
-        .ok_or(ApiError::Unauthorized)?
-        .tier;
-    state.customer_limits.check(&id, tier)?;
+    let id = api_token::customer(&req, &state).await?;
     wake(&state, &id, false).await
 }
 
@@ -225,14 +215,7 @@ pub async fn tick(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
     };
-    let wall = UnixMillis::now();
-    let now = body.now.map_or(wall, UnixMillis);
-    if now.0 > wall.0.saturating_add(CLOCK_SLACK_MS) && !state.lifecycle.allow_clock_override {
-        return Err(ApiError::InvalidFields(vec![FieldError::new(
-            "now",
-            "is in the future; only allowed with lifecycle.allow_clock_override",
-        )]));
-    }
+    let now = state.lifecycle.now(body.now.map(UnixMillis))?;
     let report = state.scale.tick(now, &state.sessions.orgs()).await?;
     Ok(HttpResponse::Ok().json(report))
 }

@@ -109,15 +109,7 @@ pub async fn customer_report(
     state: web::Data<HttpState>,
     query: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    // The token decides the org; nothing in the request can name another.
-    let org = api_token::authenticate(&req, state.store.as_ref()).await?;
-    let tier = state
-        .store
-        .get_org(&org)
-        .await?
-        .ok_or(ApiError::Unauthorized)?
-        .tier;
-    state.customer_limits.check(&org, tier)?;
+    let org = api_token::customer(&req, &state).await?;
     let period = period(query.period.as_deref(), UnixMillis::now())?;
     Ok(HttpResponse::Ok().json(report(&state, &org, period).await?))
 }
