@@ -13,6 +13,7 @@ use dynabase_actors::{
     scale_to_zero::ScaleToZero,
     shared_limits::SharedLimits,
     supervisor::{PlatformActors, PlatformDeps},
+    tenant::enforcement::{Enforcement, EnforcementSwitch, ENFORCEMENT_SETTING},
     tenant::SharedPolicy,
     tier_cache::{NoTierCache, TierCache},
     ClockAnchor, Store, UnixMillis,
@@ -166,6 +167,7 @@ pub async fn run(
     let sender = HttpNotificationSender::new(
         (!notifications.signing_secret.is_empty()).then(|| notifications.signing_secret.clone()),
     )?;
+    let enforcement = EnforcementSwitch::new(settings.limits.enforcement);
     let actors = PlatformActors::start_with(PlatformDeps {
         tier_cache,
         shared_limits: shared_limits.as_ref().map(|shared| SharedPolicy {
@@ -188,6 +190,7 @@ pub async fn run(
         },
         calibration: settings.calibration.config.clone(),
         usage_source: usage_source(&settings)?,
+        enforcement: enforcement.clone(),
         ..PlatformDeps::new(store.clone(), catalog.clone(), usage_config)
     });
     let invalidations = match (&settings.redis, redis_client) {
@@ -218,6 +221,11 @@ pub async fn run(
             settings.tier_cache.refresh_interval,
         )),
         tokio::spawn(tick_billing(actors.clone(), settings.billing.interval)),
+        tokio::spawn(follow_enforcement(
+            store.clone(),
+            enforcement.clone(),
+            settings.limits.enforcement,
+        )),
         tokio::spawn(tick_calibration(
             actors.clone(),
             settings.calibration.interval,
@@ -295,6 +303,7 @@ pub async fn run(
         billing: settings.billing.config.clone(),
         calibration: settings.calibration.config.clone(),
         scale,
+        enforcement,
     };
     let server = http::serve(listeners.http, state, settings.shutdown_deadline)?;
     let handle = server.handle();
@@ -410,6 +419,38 @@ fn usage_source(settings: &Settings) -> Result<Arc<dyn UsageSource>, AppError> {
         c.railway_url.as_deref(),
         c.railway_timeout,
     )?))
+}
+
+/// How often each replica reads the enforcement switch from the store.
+const ENFORCEMENT_POLL: Duration = Duration::from_secs(1);
+
+/// Keeps this replica's enforcement switch on the store's setting (an
+/// operator's `PUT /admin/modes` on any replica), else the configured one.
+async fn follow_enforcement(
+    store: Arc<dyn Store>,
+    switch: EnforcementSwitch,
+    default: Enforcement,
+) {
+    let mut ticks = tokio::time::interval(ENFORCEMENT_POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match store.setting(ENFORCEMENT_SETTING).await {
+            Ok(value) => {
+                let mode = value
+                    .as_deref()
+                    .and_then(Enforcement::parse)
+                    .unwrap_or(default);
+                if mode != switch.get() {
+                    tracing::info!(mode = mode.as_str(), "limits enforcement switched");
+                    switch.set(mode);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "enforcement setting not read; keeping the current mode")
+            }
+        }
+    }
 }
 
 /// Calibrates the last closed month once it has settled.

@@ -80,6 +80,7 @@ fn org(org_id: &str) -> Organization {
                 enforce_from: UnixMillis(1_700_604_800_600),
             }),
             railway_service_id: Some(format!("svc-{org_id}")),
+            enforcement: Some(dynabase_actors::tenant::enforcement::Enforcement::Shadow),
         },
         compute: dynabase_actors::domain::compute::Compute {
             spec: dynabase_actors::domain::compute::ComputeSpec::Local {

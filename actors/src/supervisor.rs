@@ -35,7 +35,7 @@ use crate::{
     },
     rate_limiter::RateLimiter,
     store::Store,
-    tenant::{SharedPolicy, TenantRegistry},
+    tenant::{enforcement::EnforcementSwitch, SharedPolicy, TenantRegistry},
     tier_cache::{NoTierCache, TierCache},
     usage_accumulator::{UsageAccumulator, UsageConfig},
     webhook_handler::WebhookHandler,
@@ -76,6 +76,8 @@ pub struct PlatformDeps {
     pub calibration: CalibrationConfig,
     /// What Railway measured (its API in the binary).
     pub usage_source: Arc<dyn UsageSource>,
+    /// Shadow or enforce (`limits.enforcement`), switchable at run time.
+    pub enforcement: EnforcementSwitch,
 }
 
 impl PlatformDeps {
@@ -100,6 +102,7 @@ impl PlatformDeps {
             invoice_items: Arc::new(NoInvoiceItems),
             calibration: CalibrationConfig::default(),
             usage_source: Arc::new(NoUsageSource),
+            enforcement: EnforcementSwitch::default(),
         }
     }
 }
@@ -129,7 +132,8 @@ impl PlatformActors {
             (deps.store.clone(), deps.catalog.clone(), deps.usage);
         let mut tenants = TenantRegistry::new(deps.store.clone(), deps.catalog.clone())
             .with_tier_cache(deps.tier_cache)
-            .with_upgrade_url(&deps.billing.upgrade_url);
+            .with_upgrade_url(&deps.billing.upgrade_url)
+            .with_enforcement(deps.enforcement.clone());
         if let Some(policy) = deps.shared_limits {
             tenants = tenants.with_shared_limits(policy);
         }

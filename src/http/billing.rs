@@ -25,6 +25,7 @@ use dynabase_actors::{
         records::{Period, UsageAdjustment},
         spend::{CapAction, FreeOverageStatus, SpendCap},
     },
+    tenant::enforcement::{Enforcement, ENFORCEMENT_SETTING},
     usage_accumulator::UsageChanged,
     OrgId, Organization, Tier, UnixMillis,
 };
@@ -125,11 +126,16 @@ pub async fn org_records(
 #[get("/admin/modes")]
 pub async fn modes(_: AdminAuth, state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
     let billing = current_mode(state.store.as_ref(), &state.billing).await?;
-    Ok(HttpResponse::Ok().json(json!({ "billing": billing })))
+    Ok(HttpResponse::Ok().json(json!({
+        "billing": billing,
+        "enforcement": state.enforcement.get(),
+    })))
 }
 
-/// `PUT /admin/modes` `{"billing":"live"|"shadow"}`: every replica's next
-/// billing run uses it (no restart).
+/// `PUT /admin/modes` `{"billing":"live"|"shadow",
+/// "enforcement":"enforce"|"shadow"}` (either or both): every replica
+/// follows without a restart — the next billing run, and live sessions'
+/// next connection or query cycle.
 #[put("/admin/modes")]
 pub async fn set_modes(
     _: AdminAuth,
@@ -143,24 +149,49 @@ pub async fn set_modes(
     };
     let mut errors: Vec<FieldError> = map
         .keys()
-        .filter(|k| k.as_str() != "billing")
+        .filter(|k| !["billing", "enforcement"].contains(&k.as_str()))
         .map(|k| FieldError::new(k, "unknown field"))
         .collect();
-    let mode = map
+    let billing = map
         .get("billing")
-        .and_then(Value::as_str)
-        .and_then(BillingMode::parse);
-    if mode.is_none() {
+        .map(|v| v.as_str().and_then(BillingMode::parse));
+    if let Some(None) = billing {
         errors.push(FieldError::new("billing", "must be \"live\" or \"shadow\""));
     }
-    match mode {
-        Some(mode) if errors.is_empty() => {
-            state.store.set_setting(MODE_SETTING, mode.as_str()).await?;
-            tracing::info!(target: "audit", mode = mode.as_str(), "billing mode set");
-            Ok(HttpResponse::Ok().json(json!({ "billing": mode })))
-        }
-        _ => Err(ApiError::InvalidFields(errors)),
+    let enforcement = map
+        .get("enforcement")
+        .map(|v| v.as_str().and_then(Enforcement::parse));
+    if let Some(None) = enforcement {
+        errors.push(FieldError::new(
+            "enforcement",
+            "must be \"enforce\" or \"shadow\"",
+        ));
     }
+    if billing.is_none() && enforcement.is_none() {
+        errors.push(FieldError::new(
+            "billing",
+            "give billing, enforcement or both",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::InvalidFields(errors));
+    }
+    if let Some(Some(mode)) = billing {
+        state.store.set_setting(MODE_SETTING, mode.as_str()).await?;
+        tracing::info!(target: "audit", mode = mode.as_str(), "billing mode set");
+    }
+    if let Some(Some(mode)) = enforcement {
+        state
+            .store
+            .set_setting(ENFORCEMENT_SETTING, mode.as_str())
+            .await?;
+        state.enforcement.set(mode);
+        tracing::info!(target: "audit", mode = mode.as_str(), "limits enforcement set");
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "billing": current_mode(state.store.as_ref(), &state.billing).await?,
+        "enforcement": state.enforcement.get(),
+    })))
 }
 
 /// What billing makes of one org's period, for the usage report.

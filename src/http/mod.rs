@@ -51,6 +51,9 @@ pub struct HttpState {
     pub billing: dynabase_actors::billing::BillingConfig,
     /// Railway's prices, for the margin report.
     pub calibration: dynabase_actors::calibration::CalibrationConfig,
+    /// This replica's enforcement switch (set at once by `PUT /admin/modes`;
+    /// the others follow the store within a second).
+    pub enforcement: dynabase_actors::tenant::enforcement::EnforcementSwitch,
     /// Suspends and wakes databases (scale-to-zero).
     pub scale: dynabase_actors::scale_to_zero::ScaleToZero,
 }

@@ -21,6 +21,7 @@ use dynabase_actors::{
         records::{Period, UsageAdjustment, Write},
         usage_report::{ReportInput, UsageReport},
     },
+    tenant::{enforcement::Enforcement, Snapshot},
     usage_accumulator::UsageChanged,
     OrgId, UnixMillis,
 };
@@ -59,6 +60,38 @@ struct Report {
     billing: BillingView,
     /// Scale-to-zero: state and cold starts (all time).
     scale_to_zero: serde_json::Value,
+    /// What enforcement would have refused while in shadow.
+    would_have_refused: WouldHaveRefused,
+}
+
+/// Shadow enforcement's counts for the org, from this replica's tenant
+/// actor (since it started).
+#[derive(Debug, Serialize)]
+struct WouldHaveRefused {
+    enforcement: Enforcement,
+    connections: u64,
+    query_cycles: u64,
+    scope: &'static str,
+}
+
+async fn would_have_refused(state: &HttpState, org: &OrgId) -> WouldHaveRefused {
+    let snapshot = match state.actors.tenants.tenant(org).await {
+        Ok(Some(addr)) => addr.send(Snapshot).await.ok(),
+        _ => None,
+    };
+    WouldHaveRefused {
+        enforcement: snapshot
+            .as_ref()
+            .and_then(|s| s.organization.lifecycle.enforcement)
+            .unwrap_or_else(|| state.enforcement.get()),
+        connections: snapshot
+            .as_ref()
+            .map_or(0, |s| s.shadow_refused_connections),
+        query_cycles: snapshot
+            .as_ref()
+            .map_or(0, |s| s.shadow_refused_query_cycles),
+        scope: "this replica, since its tenant actor started",
+    }
 }
 
 async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<Report, ApiError> {
@@ -71,7 +104,9 @@ async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<Report
     let adjustments = state.store.usage_adjustments(org, &period).await?;
     let now = UnixMillis::now();
     let billing = billing_view(state, &organization, &period, &adjustments, now).await?;
+    let would_have_refused = would_have_refused(state, org).await;
     Ok(Report {
+        would_have_refused,
         usage: UsageReport::build(ReportInput {
             org,
             limits: state.catalog.get(organization.tier),

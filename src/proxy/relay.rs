@@ -449,6 +449,11 @@ async fn admit(observer: &RelayObserver) -> Result<(), Box<[u8]>> {
         return Ok(());
     }
     gate.offer();
+    if gate.in_shadow() {
+        // Admitted at once; counted if enforcement would have refused it.
+        gate.shadow_cycle(observer.max_queue_delay);
+        return Ok(());
+    }
     let deadline = Instant::now() + observer.max_queue_delay;
     let mut waited = false;
     loop {

@@ -114,6 +114,8 @@ pub struct TlsFiles {
 
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
+    /// The default mode (an operator's switch in the store wins).
+    pub enforcement: dynabase_actors::tenant::enforcement::Enforcement,
     pub max_queue_delay: Duration,
     pub central_below_qps: u32,
     pub sync_interval: Duration,

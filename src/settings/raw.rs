@@ -54,6 +54,7 @@ pub struct RawProxy {
 
 #[derive(Debug, Deserialize)]
 pub struct RawLimits {
+    pub enforcement: String,
     pub max_queue_delay: String,
     pub central_below_qps: i64,
     pub sync_interval: String,

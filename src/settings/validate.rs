@@ -6,6 +6,7 @@ use dynabase_actors::{
     billing::{BillingConfig, BillingMode},
     calibration::CalibrationConfig,
     domain::{billing::PriceMap, catalog::LifecyclePolicy, jobs::Backoff},
+    tenant::enforcement::Enforcement,
     SessionSettings, Tier, TierCatalog, TierLimits, UsageFactor, UsageFactors,
 };
 use rust_decimal::Decimal;
@@ -330,6 +331,10 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         http,
         proxy,
         limits: LimitSettings {
+            enforcement: Enforcement::parse(&raw.limits.enforcement).unwrap_or_else(|| {
+                c.fail("limits.enforcement", "must be \"enforce\" or \"shadow\"");
+                Enforcement::Enforce
+            }),
             max_queue_delay: c.duration("limits.max_queue_delay", &raw.limits.max_queue_delay),
             central_below_qps: c.count("limits.central_below_qps", raw.limits.central_below_qps, 0),
             sync_interval: c.positive_duration("limits.sync_interval", &raw.limits.sync_interval),

@@ -105,6 +105,9 @@ pub struct LifecycleState {
     /// can compare its estimate with what Railway measured.
     #[serde(default)]
     pub railway_service_id: Option<String>,
+    /// This org's enforcement mode, over the platform's (`limits.enforcement`).
+    #[serde(default)]
+    pub enforcement: Option<crate::tenant::enforcement::Enforcement>,
 }
 
 /// A tenant as the store keeps it.

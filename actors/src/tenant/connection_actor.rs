@@ -13,7 +13,10 @@ use actix::{
 };
 use arc_swap::ArcSwap;
 
-use super::query_gate::{QueryGate, SharedGate};
+use super::{
+    enforcement::{Enforcement, EnforcementSwitch, ShadowCounts, ShadowModel},
+    query_gate::{QueryGate, ShadowHook, SharedGate},
+};
 use crate::{
     domain::{
         catalog::{TierCatalog, TierLimits},
@@ -118,6 +121,10 @@ pub struct TenantSnapshot {
     pub active_connections: u32,
     pub admitted_total: u64,
     pub refused_total: u64,
+    /// Shadow enforcement: connections and query cycles enforcement would
+    /// have refused (this replica, since the actor started).
+    pub shadow_refused_connections: u64,
+    pub shadow_refused_query_cycles: u64,
 }
 
 /// One organization's run-time state.
@@ -135,6 +142,11 @@ pub struct ConnectionActor {
     cap_applied: Option<CapAction>,
     /// Where FREE's forced-upgrade refusal sends people.
     upgrade_url: Arc<str>,
+    /// Shadow enforcement: the platform's switch, what would have been
+    /// refused, and the model of the enforcing gate.
+    enforcement: EnforcementSwitch,
+    shadow_counts: Arc<ShadowCounts>,
+    shadow_model: Arc<ShadowModel>,
 }
 
 impl ConnectionActor {
@@ -159,9 +171,43 @@ impl ConnectionActor {
             refused_total: 0,
             cap_applied: None,
             upgrade_url: Arc::from(""),
+            enforcement: EnforcementSwitch::default(),
+            shadow_counts: Arc::default(),
+            shadow_model: Arc::default(),
         };
         actor.replace_gate();
         actor
+    }
+
+    /// Follows the platform's enforcement switch (shadow or enforce).
+    pub fn with_enforcement(mut self, switch: EnforcementSwitch) -> Self {
+        self.enforcement = switch;
+        self.replace_gate();
+        self
+    }
+
+    /// Whether refusals are only counted (the org's mode over the platform's).
+    fn in_shadow(&self) -> bool {
+        self.organization
+            .lifecycle
+            .enforcement
+            .unwrap_or_else(|| self.enforcement.get())
+            == Enforcement::Shadow
+    }
+
+    /// In shadow: counts a refusal enforcement would have made; `true`
+    /// when the connection is to be admitted anyway.
+    fn shadow_admit(&self, reason: &'static str) -> bool {
+        if !self.in_shadow() {
+            return false;
+        }
+        self.shadow_counts
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("dynabase_shadow_refusals_total",
+            "tier" => self.organization.tier.as_str(), "reason" => reason)
+        .increment(1);
+        true
     }
 
     /// Sets the upgrade URL named in forced-upgrade refusals.
@@ -263,6 +309,12 @@ impl ConnectionActor {
                 }
             }
         };
+        let gate = gate.with_shadow(ShadowHook {
+            switch: self.enforcement.clone(),
+            org_mode: self.organization.lifecycle.enforcement,
+            counts: self.shadow_counts.clone(),
+            model: self.shadow_model.clone(),
+        });
         // Demand counted on the old gate still belongs to this sync period.
         gate.add_offered(self.gate.load().take_offered());
         self.gate.store(Arc::new(gate));
@@ -333,8 +385,10 @@ impl Handler<Admit> for ConnectionActor {
     fn handle(&mut self, _: Admit, _: &mut Context<Self>) -> Self::Result {
         let now = UnixMillis::now();
         if let Some(refusal) = self.forced_upgrade(now) {
-            self.refused_total += 1;
-            return Err(refusal);
+            if !self.shadow_admit("forced_upgrade") {
+                self.refused_total += 1;
+                return Err(refusal);
+            }
         }
         // A cap reached last period lapses with it.
         if self.cap_in_force(now).map(|(a, _)| a) != self.cap_applied {
@@ -346,7 +400,7 @@ impl Handler<Admit> for ConnectionActor {
         let next = tier
             .next()
             .map(|next| (next, self.catalog.get(next).max_connections));
-        if self.active_connections >= cap {
+        if self.active_connections >= cap && !self.shadow_admit("connection_limit") {
             self.refused_total += 1;
             return Err(ConnectionRefusal::LimitReached {
                 org: self.organization.id.to_string(),
@@ -378,9 +432,10 @@ impl Handler<ApplyOrganization> for ConnectionActor {
     type Result = ();
     fn handle(&mut self, msg: ApplyOrganization, _: &mut Context<Self>) {
         let tier_changed = msg.0.tier != self.organization.tier;
+        let mode_changed = msg.0.lifecycle.enforcement != self.organization.lifecycle.enforcement;
         self.organization = msg.0;
         let cap_changed = self.cap_in_force(UnixMillis::now()).map(|(a, _)| a) != self.cap_applied;
-        if tier_changed || cap_changed {
+        if tier_changed || cap_changed || mode_changed {
             // Live sessions pick the new gate up on their next cycle.
             self.share = None;
             self.replace_gate();
@@ -396,6 +451,14 @@ impl Handler<Snapshot> for ConnectionActor {
             active_connections: self.active_connections,
             admitted_total: self.admitted_total,
             refused_total: self.refused_total,
+            shadow_refused_connections: self
+                .shadow_counts
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            shadow_refused_query_cycles: self
+                .shadow_counts
+                .query_cycles
+                .load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 }

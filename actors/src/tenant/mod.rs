@@ -3,6 +3,7 @@
 //! counters.
 
 pub mod connection_actor;
+pub mod enforcement;
 pub mod query_gate;
 pub mod registry;
 pub mod tier_lookup;

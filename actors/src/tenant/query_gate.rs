@@ -18,6 +18,7 @@ use std::{
 use arc_swap::ArcSwap;
 use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use super::enforcement::{Enforcement, EnforcementSwitch, ShadowCounts, ShadowModel};
 use crate::{
     domain::{catalog::TierLimits, org_id::OrgId, tier::Tier},
     shared_limits::SharedLimits,
@@ -75,7 +76,20 @@ enum Mode {
     },
 }
 
+/// What a gate needs to run in shadow (see `enforcement`).
+#[derive(Debug, Clone)]
+pub struct ShadowHook {
+    pub switch: EnforcementSwitch,
+    /// The org's own mode, over the platform's.
+    pub org_mode: Option<Enforcement>,
+    pub counts: Arc<ShadowCounts>,
+    pub model: Arc<ShadowModel>,
+}
+
 pub struct QueryGate {
+    shadow: Option<ShadowHook>,
+    /// Cycles that may be spent at once (the shadow model's burst).
+    burst: u32,
     org: OrgId,
     tier: Tier,
     qps: Option<u32>,
@@ -182,6 +196,8 @@ impl QueryGate {
 
     fn with_mode(org: OrgId, limits: &TierLimits, next: Option<&TierLimits>, mode: Mode) -> Self {
         Self {
+            shadow: None,
+            burst: burst_of(limits),
             org,
             tier: limits.tier,
             qps: limits.qps,
@@ -193,6 +209,35 @@ impl QueryGate {
 
     pub fn tier(&self) -> Tier {
         self.tier
+    }
+
+    /// Runs in shadow when `hook` says so (switchable at any time).
+    pub fn with_shadow(mut self, hook: ShadowHook) -> Self {
+        self.shadow = Some(hook);
+        self
+    }
+
+    /// Whether cycles are admitted and only counted (shadow enforcement).
+    pub fn in_shadow(&self) -> bool {
+        self.shadow
+            .as_ref()
+            .is_some_and(|h| h.org_mode.unwrap_or_else(|| h.switch.get()) == Enforcement::Shadow)
+    }
+
+    /// In shadow: counts the cycle if enforcement would have refused it.
+    pub fn shadow_cycle(&self, max_queue_delay: Duration) {
+        let Some(hook) = &self.shadow else { return };
+        let refused = match (&self.mode, self.qps) {
+            (Mode::Unlimited, _) | (_, None) | (_, Some(0)) => false,
+            (Mode::Capped(_), _) => true,
+            (_, Some(qps)) => hook.model.would_refuse(qps, self.burst, max_queue_delay),
+        };
+        if refused {
+            hook.counts.query_cycles.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("dynabase_shadow_refusals_total", "tier" => self.tier.as_str(),
+                "reason" => if matches!(self.mode, Mode::Capped(_)) { "spend_cap" } else { "rate_limit" })
+            .increment(1);
+        }
     }
 
     pub fn qps(&self) -> Option<u32> {

@@ -14,6 +14,7 @@ use std::{sync::Arc, time::Instant};
 use actix::{Addr, Arbiter, ArbiterHandle, Supervisor};
 use dashmap::DashMap;
 
+use super::enforcement::EnforcementSwitch;
 use super::{
     connection_actor::{ConnectionActor, SharedPolicy},
     tier_lookup::{Layer, TierLookup},
@@ -50,6 +51,8 @@ pub struct TenantRegistry {
     shared: Option<SharedPolicy>,
     /// Named in FREE's forced-upgrade refusals.
     upgrade_url: Arc<str>,
+    /// Shadow or enforce, for every tenant actor.
+    enforcement: EnforcementSwitch,
 }
 
 impl TenantRegistry {
@@ -66,7 +69,15 @@ impl TenantRegistry {
             arbiter: Arbiter::current(),
             shared: None,
             upgrade_url: Arc::from(""),
+            enforcement: EnforcementSwitch::default(),
         }
+    }
+
+    /// The platform's enforcement switch every tenant actor follows. Call
+    /// before cloning the registry.
+    pub fn with_enforcement(mut self, switch: EnforcementSwitch) -> Self {
+        self.enforcement = switch;
+        self
     }
 
     /// The upgrade URL tenant actors name in forced-upgrade refusals. Call
@@ -157,6 +168,7 @@ impl TenantRegistry {
         let arbiter = &self.arbiter;
         let shared = &self.shared;
         let url = &self.upgrade_url;
+        let mode = &self.enforcement;
         // Two callers may race here; the entry API keeps exactly one actor.
         let addr = self
             .actors
@@ -168,11 +180,19 @@ impl TenantRegistry {
                         org.clone(),
                         catalog.clone(),
                         shared.clone(),
-                        url.clone(),
+                        (url.clone(), mode.clone()),
                     );
                 }
             })
-            .or_insert_with(|| start(arbiter, org, catalog, shared.clone(), url.clone()))
+            .or_insert_with(|| {
+                start(
+                    arbiter,
+                    org,
+                    catalog,
+                    shared.clone(),
+                    (url.clone(), mode.clone()),
+                )
+            })
             .clone();
         // An invalidation that arrived while this record was being read found
         // no actor to reload; reload now so the change is not missed.
@@ -232,10 +252,12 @@ fn start(
     org: Organization,
     catalog: Arc<TierCatalog>,
     shared: Option<SharedPolicy>,
-    upgrade_url: Arc<str>,
+    (upgrade_url, enforcement): (Arc<str>, EnforcementSwitch),
 ) -> Addr<ConnectionActor> {
     Supervisor::start_in_arbiter(arbiter, move |_| {
-        ConnectionActor::new(org, catalog, shared).with_upgrade_url(upgrade_url)
+        ConnectionActor::new(org, catalog, shared)
+            .with_upgrade_url(upgrade_url)
+            .with_enforcement(enforcement)
     })
 }
 

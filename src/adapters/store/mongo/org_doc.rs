@@ -7,6 +7,7 @@ use dynabase_actors::{
         organization::{LifecycleState, PendingTierChange},
         spend::{CapReached, FreeOverage, SpendCap},
     },
+    tenant::enforcement::Enforcement,
     OrgId, Organization, Tier, UnixMillis, Upstream,
 };
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ struct LifecycleDoc {
     free_overage: Option<FreeOverage>,
     #[serde(default)]
     railway_service_id: Option<String>,
+    #[serde(default)]
+    enforcement: Option<Enforcement>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,6 +86,7 @@ impl From<&Organization> for OrgDoc {
                 cap_reached: o.lifecycle.cap_reached.clone(),
                 free_overage: o.lifecycle.free_overage.clone(),
                 railway_service_id: o.lifecycle.railway_service_id.clone(),
+                enforcement: o.lifecycle.enforcement,
             },
             compute: o.compute.clone(),
         }
@@ -112,6 +116,7 @@ impl From<OrgDoc> for Organization {
                 cap_reached: d.lifecycle.cap_reached,
                 free_overage: d.lifecycle.free_overage,
                 railway_service_id: d.lifecycle.railway_service_id,
+                enforcement: d.lifecycle.enforcement,
             },
             compute: d.compute,
         }
