@@ -170,6 +170,8 @@ ensure_packages() {
     command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || pkgs+=(pgbouncer)
     command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
+    # promtool checks and unit-tests the alert rules (deploy/prometheus).
+    command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
     if ((${#pkgs[@]})); then
         apt_install "${pkgs[@]}"
     fi

@@ -43,6 +43,10 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "alert rules: promtool check rules, promtool test rules"
+command -v promtool >/dev/null 2>&1 || { echo "ERROR: promtool missing (scripts/services.sh installs Debian's prometheus)" >&2; exit 1; }
+(cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml)
+
 step "cargo test --workspace $*"
 cargo test --workspace "$@"
 
