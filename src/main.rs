@@ -86,16 +86,26 @@ fn one_shot<E: std::fmt::Display>(
 }
 
 fn init_tracing(default_filter: &str) {
+    init_tracing_as(default_filter, false);
+}
+
+/// Readable lines, or (`log.format = "json"`) one JSON object per line
+/// whose fields log shippers index.
+fn init_tracing_as(default_filter: &str, json: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
 }
 
 fn serve(mut settings: Settings, dev: bool) -> ExitCode {
-    init_tracing(&settings.log_filter);
+    init_tracing_as(&settings.log_filter, settings.log_json);
     let dev = dev || settings.http.dev_mode;
     let mut generated_token = false;
     if dev && settings.http.admin_token.is_empty() {

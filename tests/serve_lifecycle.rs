@@ -152,3 +152,36 @@ async fn ready_reports_an_unreachable_redis() {
     assert_eq!(body["redis"], "unreachable");
     assert_eq!(body["store"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("stderr.log");
+    let mut cmd = command(dir.path());
+    cmd.env("DYNABASE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("DYNABASE__LOG__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = cmd.arg("serve").spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("dynabase is serving")
+    {
+        assert!(std::time::Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&log).expect("log");
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
+    }
+    assert!(
+        stderr.contains("\"store\":\"embedded\""),
+        "fields are JSON fields: {stderr}"
+    );
+}

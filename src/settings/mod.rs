@@ -70,6 +70,8 @@ pub struct Settings {
     pub scale_to_zero: ScaleToZeroSettings,
     pub catalog: TierCatalog,
     pub log_filter: String,
+    /// `log.format = "json"`: one JSON object per line.
+    pub log_json: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -176,6 +176,7 @@ pub struct RawScaleToZero {
 #[derive(Debug, Deserialize)]
 pub struct RawLog {
     pub filter: String,
+    pub format: String,
 }
 
 /// A number or a word (`"unlimited"`), as some tier values allow.

@@ -396,6 +396,17 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         calibration: calibration(&mut c, &raw.calibration, &raw.railway),
         scale_to_zero: scale_to_zero(&mut c, &raw.scale_to_zero),
         catalog,
+        log_json: match raw.log.format.as_str() {
+            "json" => true,
+            "text" => false,
+            other => {
+                c.fail(
+                    "log.format",
+                    format!("must be \"text\" or \"json\", got \"{other}\""),
+                );
+                false
+            }
+        },
         log_filter: raw.log.filter,
     };
     if c.problems.is_empty() {
