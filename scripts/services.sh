@@ -170,8 +170,12 @@ ensure_packages() {
     command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || pkgs+=(pgbouncer)
     command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
-    # promtool checks and unit-tests the alert rules (deploy/prometheus).
+    # promtool checks and unit-tests the alert rules (deploy/prometheus);
+    # Prometheus itself evaluates the dashboards' queries (tests/dashboards.rs).
     command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
+    # Headless Chromium drives the customer dashboard (tests/dashboard_browser.rs).
+    { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 \
+        || pkgs+=(chromium chromium-driver fonts-dejavu-core)
     if ((${#pkgs[@]})); then
         apt_install "${pkgs[@]}"
     fi
@@ -892,6 +896,7 @@ export DYNABASE_TEST_PG_MD5_PASSWORD=md5pass
 export DYNABASE_TEST_REDIS_URL=redis://$HOST:$REDIS_PORT
 export DYNABASE_TEST_MONGODB_URL=mongodb://$HOST:$MONGO_PORT
 export STRIPE_MOCK_URL=http://$HOST:$STRIPE_MOCK_PORT
+export DYNABASE_TEST_BROWSER_PYTHON=$SD/browser/bin/python
 EOF
     # Tests that stop a MongoDB-wire server run their own FerretDB: the one
     # this script started, else the one it would build.
@@ -916,9 +921,22 @@ with_lock() {
     fi
 }
 
+# Selenium for the browser test, in a venv of its own (pinned).
+SELENIUM_VERSION=4.27.1
+ensure_browser_venv() {
+    local venv="$SD/browser"
+    if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "import selenium" 2>/dev/null; then
+        return 0
+    fi
+    log "browser test venv: selenium $SELENIUM_VERSION"
+    python3 -m venv "$venv" || die "python3 -m venv failed"
+    "$venv/bin/pip" install -q "selenium==$SELENIUM_VERSION" >&2 || die "pip install selenium failed"
+}
+
 cmd_start() {
     with_lock
     ensure_packages
+    ensure_browser_venv
     pg_start
     redis_start
     mongo_start

@@ -42,6 +42,12 @@ fn org_of(token: &str) -> Option<OrgId> {
 /// The org whose token the request carries as `Authorization: Bearer`.
 pub async fn authenticate(req: &HttpRequest, store: &dyn Store) -> Result<OrgId, ApiError> {
     let presented = bearer_token(req).ok_or(ApiError::Unauthorized)?;
+    verify(presented, store).await
+}
+
+/// The org whose token `presented` is (from a header or the dashboard's
+/// cookie).
+pub async fn verify(presented: &str, store: &dyn Store) -> Result<OrgId, ApiError> {
     let org = org_of(presented).ok_or(ApiError::Unauthorized)?;
     let stored = store
         .api_token_hash(&org)

@@ -10,6 +10,7 @@ mod billing;
 mod calibration;
 mod connections;
 pub mod customer_limits;
+mod dashboard;
 pub mod error;
 mod health;
 mod lifecycle_admin;
@@ -109,6 +110,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(usage::adjust)
         .service(usage::issue_token)
         .service(usage::customer_report)
+        .service(dashboard::show)
+        .service(dashboard::sign_in)
+        .service(dashboard::sign_out)
         .service(billing::preview)
         .service(billing::run)
         .service(billing::org_records)

@@ -94,6 +94,20 @@ async fn would_have_refused(state: &HttpState, org: &OrgId) -> WouldHaveRefused 
     }
 }
 
+/// The customer report as JSON (what `/v1/usage` answers; the dashboard
+/// renders the same).
+pub(super) async fn report_json(
+    state: &HttpState,
+    org: &OrgId,
+    period: Period,
+) -> Result<serde_json::Value, ApiError> {
+    let report = report(state, org, period).await?;
+    serde_json::to_value(report).map_err(|e| {
+        tracing::error!(error = %e, "report not serializable");
+        ApiError::Unavailable("the report")
+    })
+}
+
 async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<Report, ApiError> {
     let organization = state
         .store
