@@ -48,8 +48,8 @@ for target in "${TARGETS[@]}"; do
         -malloc_limit_mb="$RSS_LIMIT_MB" -timeout="$TIMEOUT" \
         -print_final_stats=1 >"$log" 2>&1 || status=$?
     elapsed=$(($(date +%s) - t0))
-    execs=$(awk -F': *' '/stat::number_of_executed_units/ {print $2}' "$log" | tail -1)
-    rss=$(awk -F': *' '/stat::peak_rss_mb/ {print $2}' "$log" | tail -1)
+    execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log" | tail -1)
+    rss=$(awk '/stat::peak_rss_mb/ {print $NF}' "$log" | tail -1)
     corpus=$(find "corpus-run/$target" -type f | wc -l)
     found=$(($(find "artifacts/$target" -type f | wc -l) - before))
     if ((status != 0)) || ((found > 0)); then
