@@ -3,6 +3,7 @@
 #   1. start backing services (PostgreSQL, Redis, MongoDB-wire) via scripts/services.sh
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
 #   3. the client matrix, tests/clients/run.sh (drivers in their own languages)
+#   4. each cargo-fuzz target for a short time, load-tests/fuzz.sh
 # Extra arguments are passed to `cargo test` (e.g. scripts/test.sh -- --nocapture).
 # CI is passed through unchanged: tests treat CI=true as "missing service = failure".
 set -euo pipefail
@@ -66,5 +67,29 @@ step "client matrix"
 DYNABASE_BIN="$clients_bin" tests/clients/run.sh
 step "client matrix again, main organizations on the event loop"
 DYNABASE_BIN="$clients_bin" DYNABASE_CLIENTS_MAIN_TIER=enterprise tests/clients/run.sh
+
+# Fuzz targets (fuzz/README.md), each for a short time so a regression in a
+# parser of peer bytes is caught: nightly and cargo-fuzz are installed when
+# missing; under CI a failed install fails the run, elsewhere it skips.
+# DYNABASE_FUZZ_SECONDS=0 skips the step.
+fuzz_seconds="${DYNABASE_FUZZ_SECONDS:-30}"
+if ((fuzz_seconds > 0)); then
+    step "fuzz targets, $fuzz_seconds s each"
+    fuzz_ready=1
+    if ! cargo +nightly --version >/dev/null 2>&1; then
+        rustup toolchain install nightly --profile minimal || fuzz_ready=0
+    fi
+    if ((fuzz_ready)) && ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked || fuzz_ready=0
+    fi
+    if ((fuzz_ready)); then
+        load-tests/fuzz.sh "$fuzz_seconds"
+    elif [[ "${CI-}" == "true" ]]; then
+        echo "ERROR: could not install the nightly toolchain or cargo-fuzz" >&2
+        exit 1
+    else
+        echo "WARNING: nightly or cargo-fuzz unavailable; fuzz targets skipped" >&2
+    fi
+fi
 
 step "all checks passed"

@@ -209,6 +209,33 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_usage_factor_is_a_problem_not_an_overflow() {
+        // Found by fuzz/fuzz_targets/config_values.rs: complexity ×
+        // parallelism overflowed Decimal and panicked while validating.
+        let (_dir, bad) = options(
+            &[(
+                "DYNABASE__USAGE__FACTORS__DELETE__PARALLELISM",
+                "66666666666666666666666666666",
+            )],
+            &[],
+        );
+        let Err(SettingsError::Invalid(problems)) = load(&bad) else {
+            panic!("must be invalid")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["usage.factors.delete"]);
+        assert!(problems[0].message.contains("at most 1000000"));
+        let (_dir, ok) = options(
+            &[
+                ("DYNABASE__USAGE__FACTORS__DELETE__COMPLEXITY", "1000"),
+                ("DYNABASE__USAGE__FACTORS__DELETE__PARALLELISM", "1000"),
+            ],
+            &[],
+        );
+        load(&ok).expect("a product of exactly 1000000 is accepted");
+    }
+
+    #[test]
     fn stripe_api_key_and_base() {
         let (_dir, opts) = options(&[], &[]);
         let s = load(&opts).expect("defaults load");

@@ -21,6 +21,9 @@ use super::{
 
 /// Longest accepted `proxy.busy_poll`.
 const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+/// Largest complexity × parallelism of a usage factor (vCPU-hours per hour
+/// of query duration).
+const MAX_VCPU_PER_HOUR: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
 /// Accumulates problems; each check returns a usable placeholder on failure
 /// so validation can go on and find the rest.
 #[derive(Default)]
@@ -108,15 +111,31 @@ impl Checker {
             complexity: self.factor_value(&format!("{key}.complexity"), raw.complexity),
             parallelism: self.factor_value(&format!("{key}.parallelism"), raw.parallelism),
         };
-        // Period totals count vCPU-nanoseconds: exact while µs × factor
-        // has at most three decimals.
-        if factor.vcpu_per_hour().normalize().scale() > 3 {
-            self.fail(
-                key,
-                "complexity × parallelism must have at most three decimal places",
-            );
+        // Bounded, so the product and every usage figure computed from it
+        // stay far inside Decimal's range (28 digits).
+        match factor.complexity.checked_mul(factor.parallelism) {
+            Some(product) if product <= MAX_VCPU_PER_HOUR => {
+                // Period totals count vCPU-nanoseconds: exact while µs × factor
+                // has at most three decimals.
+                if product.normalize().scale() > 3 {
+                    self.fail(
+                        key,
+                        "complexity × parallelism must have at most three decimal places",
+                    );
+                }
+                factor
+            }
+            _ => {
+                self.fail(
+                    key,
+                    format!("complexity × parallelism must be at most {MAX_VCPU_PER_HOUR}"),
+                );
+                UsageFactor {
+                    complexity: Decimal::ONE,
+                    parallelism: Decimal::ONE,
+                }
+            }
         }
-        factor
     }
 
     /// A TOML number as the exact decimal it was written as: Rust prints an

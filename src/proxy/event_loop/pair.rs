@@ -21,9 +21,9 @@ use std::{
 };
 
 use super::super::{
-    codec::{scanner::Piece, CodecError},
+    codec::CodecError,
     relay::{codec_to_io, RelayEnd, RelayObserver},
-    relay_state::{follow_client_chunk, RelayState},
+    relay_state::{follow_client_chunk, follow_server_chunk, RelayState},
 };
 
 /// Reads a pair may do in one step before others get their turn.
@@ -176,19 +176,15 @@ impl Pair {
     fn scan_server(&mut self, chunk: &[u8]) -> Result<(), CodecError> {
         let now = Instant::now();
         let state = &mut self.state;
-        let status = &mut state.status;
-        let tracker = &mut state.tracker;
         let observer = &self.observer;
-        state.server_scanner.walk(chunk, |piece| {
-            if let Piece::Prefix(m) = piece {
-                if m.tag == b'Z' {
-                    *status = m.prefix.first().copied().unwrap_or(b'I');
-                    if let Some((kind, started, duration)) = tracker.ready_for_query(now) {
-                        observer.cycle_finished(kind, started, duration);
-                    }
-                }
-            }
-        })?;
+        follow_server_chunk(
+            &mut state.server_scanner,
+            &mut state.status,
+            &mut state.tracker,
+            chunk,
+            now,
+            |kind, started, duration| observer.cycle_finished(kind, started, duration),
+        )?;
         self.set_active(self.state.tracker.in_flight() > 0);
         Ok(())
     }
