@@ -8,7 +8,11 @@
 #
 # Environment: FUZZ_RSS_LIMIT_MB (2048), FUZZ_TIMEOUT (10 s per input),
 # FUZZ_LOG_DIR (a temporary directory; one libFuzzer log per target),
-# CARGO_TARGET_DIR as usual. Needs `cargo +nightly` and cargo-fuzz.
+# FUZZ_BUILD_ARGS (extra `cargo fuzz build/run` flags: empty = release with
+# AddressSanitizer, for long runs; CI uses `--dev -s none`, which builds in
+# a third of the time and still catches panics, hangs and memory blow-ups in
+# our code, which forbids unsafe), CARGO_TARGET_DIR as usual. Needs
+# `cargo +nightly` and cargo-fuzz.
 # New inputs go to fuzz/corpus-run/<target> (not committed); the committed
 # seeds in fuzz/corpus/<target> are read only.
 set -euo pipefail
@@ -20,6 +24,7 @@ ALL_TARGETS=(startup_packet frontend_scanner backend_scanner stripe_webhook rela
 if (($# > 0)); then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 RSS_LIMIT_MB="${FUZZ_RSS_LIMIT_MB:-2048}"
 TIMEOUT="${FUZZ_TIMEOUT:-10}"
+read -r -a BUILD_ARGS <<<"${FUZZ_BUILD_ARGS:-}"
 LOG_DIR="${FUZZ_LOG_DIR:-$(mktemp -d -t dynabase-fuzz.XXXXXX)}"
 mkdir -p "$LOG_DIR"
 
@@ -29,8 +34,8 @@ cargo fuzz --version >/dev/null 2>&1 || { echo "cargo-fuzz is missing: cargo ins
 
 cd "$ROOT/fuzz"
 started=$(date +%s)
-echo "building the fuzz targets (cargo +nightly fuzz build)" >&2
-cargo +nightly fuzz build >&2
+echo "building the fuzz targets (cargo +nightly fuzz build ${BUILD_ARGS[*]})" >&2
+cargo +nightly fuzz build "${BUILD_ARGS[@]}" >&2
 echo "built in $(($(date +%s) - started)) s" >&2
 
 failed=0
@@ -43,7 +48,7 @@ for target in "${TARGETS[@]}"; do
     echo "fuzzing $target for $SECONDS_EACH s (log: $log)" >&2
     t0=$(date +%s)
     status=0
-    cargo +nightly fuzz run "$target" "corpus-run/$target" "corpus/$target" -- \
+    cargo +nightly fuzz run "${BUILD_ARGS[@]}" "$target" "corpus-run/$target" "corpus/$target" -- \
         -max_total_time="$SECONDS_EACH" -rss_limit_mb="$RSS_LIMIT_MB" \
         -malloc_limit_mb="$RSS_LIMIT_MB" -timeout="$TIMEOUT" \
         -print_final_stats=1 >"$log" 2>&1 || status=$?

@@ -71,8 +71,11 @@ DYNABASE_BIN="$clients_bin" DYNABASE_CLIENTS_MAIN_TIER=enterprise tests/clients/
 # Fuzz targets (fuzz/README.md), each for a short time so a regression in a
 # parser of peer bytes is caught: nightly and cargo-fuzz are installed when
 # missing; under CI a failed install fails the run, elsewhere it skips.
-# DYNABASE_FUZZ_SECONDS=0 skips the step.
-fuzz_seconds="${DYNABASE_FUZZ_SECONDS:-30}"
+# DYNABASE_FUZZ_SECONDS=0 skips the step. The targets are built unoptimised
+# and without AddressSanitizer (about a third of the release+ASan build, which
+# instruments every dependency): a short run catches panics, hangs and memory
+# blow-ups; the long runs in load-tests/RESULTS.md use the full build.
+fuzz_seconds="${DYNABASE_FUZZ_SECONDS:-60}"
 if ((fuzz_seconds > 0)); then
     step "fuzz targets, $fuzz_seconds s each"
     fuzz_ready=1
@@ -83,7 +86,7 @@ if ((fuzz_seconds > 0)); then
         cargo install cargo-fuzz --locked || fuzz_ready=0
     fi
     if ((fuzz_ready)); then
-        load-tests/fuzz.sh "$fuzz_seconds"
+        FUZZ_BUILD_ARGS="${FUZZ_BUILD_ARGS---dev -s none}" load-tests/fuzz.sh "$fuzz_seconds"
     elif [[ "${CI-}" == "true" ]]; then
         echo "ERROR: could not install the nightly toolchain or cargo-fuzz" >&2
         exit 1
