@@ -186,6 +186,12 @@ async fn scenario(server: &Server, railway: &RailwayStandIn) {
         r["by_org"][0]["org"], "globex",
         "the furthest off first: {r}"
     );
+    // Memory per org from Railway's per-service GB (one hourly sample of 200 GB).
+    assert_eq!(
+        dec(&r["by_org"][0]["measured_gb_hours"]),
+        "200".parse::<Decimal>().unwrap(),
+        "{r}"
+    );
     let (auth, body) = railway
         .seen
         .lock()

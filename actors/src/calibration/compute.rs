@@ -38,6 +38,13 @@ pub struct OrgComparison {
     pub measured_vcpu_hours: Decimal,
     /// |estimated − measured| / measured; `None` when nothing was measured.
     pub variance: Option<Decimal>,
+    /// Memory, the same way (absent from records written before it was kept).
+    #[serde(default)]
+    pub estimated_gb_hours: Decimal,
+    #[serde(default)]
+    pub measured_gb_hours: Decimal,
+    #[serde(default)]
+    pub gb_variance: Option<Decimal>,
 }
 
 /// Estimates per tier.
@@ -164,16 +171,20 @@ pub fn calibrate(input: &CalibrationInput<'_>) -> Calibration {
             input
                 .estimates
                 .iter()
-                .filter_map(|(org, _, vcpu, _, service)| {
+                .filter_map(|(org, _, vcpu, gb, service)| {
                     let service = service.as_ref()?;
-                    let (minutes_measured, _) = m.by_service.get(service)?;
+                    let (minutes_measured, gb_minutes) = m.by_service.get(service)?;
                     let measured = *minutes_measured / minutes;
+                    let measured_gb = *gb_minutes / minutes;
                     Some(OrgComparison {
                         org: org.clone(),
                         service_id: service.clone(),
                         estimated_vcpu_hours: round(*vcpu),
                         measured_vcpu_hours: round(measured),
                         variance: ratio((*vcpu - measured).abs(), measured).map(round),
+                        estimated_gb_hours: round(*gb),
+                        measured_gb_hours: round(measured_gb),
+                        gb_variance: ratio((*gb - measured_gb).abs(), measured_gb).map(round),
                     })
                 })
                 .collect()

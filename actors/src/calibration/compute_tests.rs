@@ -83,6 +83,20 @@ fn the_worked_example_from_railways_measurements() {
         orgs,
         [("globex", Some(dec("0.2"))), ("acme", Some(dec("0.1")))]
     );
+    // Memory per org: acme 100 GB-h estimated, 20,000 GB-min = 333.33… GB-h
+    // measured; globex 300 against 166.66….
+    let memory: Vec<(&str, Decimal, Option<Decimal>)> = c
+        .by_org
+        .iter()
+        .map(|o| (o.org.as_str(), o.measured_gb_hours, o.gb_variance))
+        .collect();
+    assert_eq!(
+        memory,
+        [
+            ("globex", dec("166.666667"), Some(dec("0.8"))),
+            ("acme", dec("333.333333"), Some(dec("0.7")))
+        ]
+    );
     assert_eq!(c.by_tier.len(), 3);
 }
 
