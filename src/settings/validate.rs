@@ -394,7 +394,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         },
         billing: billing(&mut c, &raw.billing),
         calibration: calibration(&mut c, &raw.calibration, &raw.railway),
-        scale_to_zero: scale_to_zero(&mut c, &raw.scale_to_zero),
+        scale_to_zero: scale_to_zero(&mut c, &raw.scale_to_zero, &raw.railway),
         catalog,
         log_json: match raw.log.format.as_str() {
             "json" => true,
@@ -562,7 +562,11 @@ fn billing(c: &mut Checker, raw: &super::raw::RawBilling) -> BillingSettings {
 }
 
 /// The configured id (or `RAILWAY_REPLICA_ID`), else a random one.
-fn scale_to_zero(c: &mut Checker, raw: &super::raw::RawScaleToZero) -> ScaleToZeroSettings {
+fn scale_to_zero(
+    c: &mut Checker,
+    raw: &super::raw::RawScaleToZero,
+    railway: &super::raw::RawRailway,
+) -> ScaleToZeroSettings {
     let wake_deadline = c.positive_duration("scale_to_zero.wake_deadline", &raw.wake_deadline);
     let step_lease = c.positive_duration("scale_to_zero.step_lease", &raw.step_lease);
     // The coordinator's claim must outlive the wait of the clients it serves.
@@ -570,6 +574,15 @@ fn scale_to_zero(c: &mut Checker, raw: &super::raw::RawScaleToZero) -> ScaleToZe
         c.fail(
             "scale_to_zero.step_lease",
             "must not be shorter than scale_to_zero.wake_deadline",
+        );
+    }
+    let railway_wake_timeout = c.positive_duration("railway.wake_timeout", &railway.wake_timeout);
+    // A wake still running past the lease would be taken over by another
+    // replica while it runs.
+    if step_lease < railway_wake_timeout {
+        c.fail(
+            "scale_to_zero.step_lease",
+            "must not be shorter than railway.wake_timeout",
         );
     }
     ScaleToZeroSettings {
@@ -580,6 +593,8 @@ fn scale_to_zero(c: &mut Checker, raw: &super::raw::RawScaleToZero) -> ScaleToZe
             step_lease,
         },
         tick_interval: c.positive_duration("scale_to_zero.tick_interval", &raw.tick_interval),
+        railway_poll_interval: c.positive_duration("railway.poll_interval", &railway.poll_interval),
+        railway_wake_timeout,
     }
 }
 

@@ -294,7 +294,7 @@ impl ScaleToZero {
         self.write_state(&id, |c, now| c.enter(Phase::Waking, now))
             .await?;
         let started = Instant::now();
-        let result = self.inner.driver.wake(&id, &spec).await;
+        let result = self.inner.driver.wake(&org).await;
         let driver_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let driver_name = spec.driver_name();
         metrics::histogram!("dynabase_scale_wake_driver_seconds", "driver" => driver_name, "outcome" => if result.is_ok() { "ok" } else { "error" })
@@ -448,7 +448,7 @@ impl ScaleToZero {
         self.write_state(&id, |c, now| c.enter(Phase::Suspending, now))
             .await?;
         let started = Instant::now();
-        match self.inner.driver.suspend(&id, &spec).await {
+        match self.inner.driver.suspend(&org).await {
             Ok(()) => {
                 self.write_state(&id, |c, now| {
                     c.enter(Phase::Suspended, now);
@@ -464,7 +464,7 @@ impl ScaleToZero {
                 // stopped and then failed, a takeover of a dead replica's
                 // half-done stop): ask, so the record never says `active`
                 // while the database is down. Unknown: still running.
-                let phase = match self.inner.driver.status(&id, &spec).await {
+                let phase = match self.inner.driver.status(&org).await {
                     Ok(DriverStatus::Stopped) => Phase::Suspended,
                     _ => Phase::Active,
                 };
