@@ -29,6 +29,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 PROFILE="${PROFILE:-release}"
+GIVEN_BIN="${DYNABASE_BIN:-}"
 DYNABASE_BIN="${DYNABASE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE/dynabase}"
 source "$HERE/lib.sh"
 
@@ -160,10 +161,12 @@ for count in $COUNTS; do
     rss0="$(vmrss_kib "$PROXY_PID")"
     cpu0="$(cpu_ticks "$PROXY_PID")"
     peak="$rss0"
+    series="$((rss0 / 1024))"
     for ((t = 0; t < IDLE; t += 5)); do
         sleep 5
         r="$(vmrss_kib "$PROXY_PID")"
         ((r > peak)) && peak="$r"
+        series="$series,$((r / 1024))"
     done
     rss1="$(vmrss_kib "$PROXY_PID")"
     cpu1="$(cpu_ticks "$PROXY_PID")"
@@ -181,27 +184,38 @@ for count in $COUNTS; do
     store_kib="$(du -sk "$dir/data" | cut -f1)"
     stop_pid "$PROXY_PID" 25
     PROXY_PID=""
-    echo "$count $rss0 $rss1 $peak $hwm $((cpu1 - cpu0)) $threads $real $pg_procs $created_s $creator_rss $store_kib" >>"$rows"
+    echo "$count $rss0 $rss1 $peak $hwm $((cpu1 - cpu0)) $threads $real $pg_procs $created_s $creator_rss $store_kib $series" >>"$rows"
     log "N=$count: RSS ${rss0}→${rss1} KiB, CPU $((cpu1 - cpu0)) ticks over ${IDLE}s, $pg_procs postgres processes of $real suspended clusters"
 done
 
 report="$WORK/report.md"
 python3 - "$rows" "$IDLE" "$TICK_HZ" >"$WORK/table.md" <<'PY'
 import sys
-rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
+rows = []
+series = {}
+for line in open(sys.argv[1]):
+    if line.strip():
+        *nums, samples = line.split()
+        rows.append(list(map(int, nums)))
+        series[rows[-1][0]] = samples
 idle, hz = int(sys.argv[2]), int(sys.argv[3])
 base = next((r for r in rows if r[0] == 0), None)
-print("| suspended orgs | RSS after start (MiB) | RSS after the idle minute (MiB) | max RSS sampled (MiB) | CPU over the minute (s) | CPU (% of a core) | threads | real clusters suspended | their postgres processes | RSS per org vs 0 orgs | store on disk (MiB) | creating them (s) |")
+print("| suspended orgs | RSS after start (MiB) | RSS after the idle period (MiB) | max RSS sampled (MiB) | CPU over the idle period (s) | CPU (% of a core) | threads | real clusters suspended | their postgres processes | RSS per org vs 0 orgs | store on disk (MiB) | creating them (s) |")
 print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for n, rss0, rss1, peak, hwm, cpu, threads, real, procs, created, creator, store in rows:
     per = "—" if base is None or n == 0 else f"{(rss1 - base[2]) * 1024 / n:,.0f} B"
     secs = cpu / hz
     print(f"| {n:,} | {rss0/1024:.1f} | {rss1/1024:.1f} | {peak/1024:.1f} | {secs:.2f} | {100*secs/idle:.2f} | {threads} | {real} | {procs} | {per} | {store/1024:.1f} | {created} |")
+print()
+print("RSS every 5 s through the idle period (MiB, from the first reading):")
+print()
+for n, samples in series.items():
+    print(f"- {n:,} orgs: {samples.replace(',', ' ')}")
 PY
 {
     echo "## suspended_orgs"
     echo
-    echo "\`COUNTS=\"$COUNTS\" IDLE=$IDLE PROFILE=$PROFILE load-tests/suspended_orgs.sh\`, $(date -u +%Y-%m-%dT%H:%MZ); $(build_note)."
+    echo "\`COUNTS=\"$COUNTS\" IDLE=$IDLE ${GIVEN_BIN:+DYNABASE_BIN=$GIVEN_BIN }PROFILE=$PROFILE load-tests/suspended_orgs.sh\`, $(date -u +%Y-%m-%dT%H:%MZ); $(build_note)."
     echo "$(machine_note 'at the end')."
     echo
     echo "A fresh gateway (embedded store, default configuration: scale-to-zero tick every 10 s) restarted on a store"

@@ -222,6 +222,7 @@ pub struct ScaleToZeroSettings {
     pub tick_interval: Duration,
     /// `railway.poll_interval`: the `railway` driver's status reads.
     pub railway_poll_interval: Duration,
-    /// `railway.wake_timeout`: the `railway` driver's longest wake.
+    /// `railway.wake_timeout`, at most `step_lease`: the `railway` driver's
+    /// longest wake.
     pub railway_wake_timeout: Duration,
 }

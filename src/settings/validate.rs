@@ -576,15 +576,11 @@ fn scale_to_zero(
             "must not be shorter than scale_to_zero.wake_deadline",
         );
     }
-    let railway_wake_timeout = c.positive_duration("railway.wake_timeout", &railway.wake_timeout);
     // A wake still running past the lease would be taken over by another
-    // replica while it runs.
-    if step_lease < railway_wake_timeout {
-        c.fail(
-            "scale_to_zero.step_lease",
-            "must not be shorter than railway.wake_timeout",
-        );
-    }
+    // replica while it runs: the railway driver's limit is capped at it.
+    let railway_wake_timeout = c
+        .positive_duration("railway.wake_timeout", &railway.wake_timeout)
+        .min(step_lease);
     ScaleToZeroSettings {
         config: dynabase_actors::scale_to_zero::ScaleConfig {
             enabled: raw.enabled,
