@@ -215,7 +215,7 @@ PY
 {
     echo "## suspended_orgs"
     echo
-    echo "\`COUNTS=\"$COUNTS\" IDLE=$IDLE ${GIVEN_BIN:+DYNABASE_BIN=$GIVEN_BIN }PROFILE=$PROFILE load-tests/suspended_orgs.sh\`, $(date -u +%Y-%m-%dT%H:%MZ); $(build_note)."
+    echo "\`COUNTS=\"$COUNTS\" IDLE=$IDLE $([[ -n "$GIVEN_BIN" ]] && echo "DYNABASE_BIN=$GIVEN_BIN" || echo "PROFILE=$PROFILE") load-tests/suspended_orgs.sh\`, $(date -u +%Y-%m-%dT%H:%MZ); $(build_note)."
     echo "$(machine_note 'at the end')."
     echo
     echo "A fresh gateway (embedded store, default configuration: scale-to-zero tick every 10 s) restarted on a store"
