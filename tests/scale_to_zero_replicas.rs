@@ -71,6 +71,7 @@ fn pair(s: &Services) -> Pair {
                 ("DYNABASE__SCALE_TO_ZERO__STEP_LEASE", LEASE),
                 ("DYNABASE__SCALE_TO_ZERO__WAKE_DEADLINE", LEASE),
                 ("DYNABASE__SCALE_TO_ZERO__TICK_INTERVAL", "1h"),
+                ("DYNABASE__LIFECYCLE__ALLOW_CLOCK_OVERRIDE", "true"),
                 ("RUST_LOG", "warn,dynabase_actors::scale_to_zero=info"),
             ],
         ));
@@ -267,16 +268,16 @@ async fn select_one(session: &pg::Session) {
     assert_eq!(row.get::<_, i32>(0), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_mid_wake_is_taken_over_by_another_after_its_lease() {
-    let _serial = SERIAL.lock().await;
-    let Some(s) = services() else { return };
-    let Some(cluster) = Cluster::start() else {
-        return;
-    };
-    let Pair { a, b, .. } = pair(&s);
-    let steps = Steps::new();
-    let org = create(&a, &cluster, steps.spec(&cluster)).await;
+/// Suspends the org through A, then has a client connect through A and
+/// kills A while its wake script runs. Returns B, the org and the
+/// `waking` record A left.
+async fn kill_a_mid_wake(
+    s: &Services,
+    cluster: &Cluster,
+    steps: &Steps,
+) -> (Server, String, Value) {
+    let Pair { a, b, .. } = pair(s);
+    let org = create(&a, cluster, steps.spec(cluster)).await;
     let (status, body) = suspend(&a, &org).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "suspended", "{body}");
@@ -311,6 +312,18 @@ async fn a_replica_killed_mid_wake_is_taken_over_by_another_after_its_lease() {
         through_a.await.expect("client task").is_err(),
         "A's client lost its connection with A"
     );
+    (b, org, waking)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_wake_is_taken_over_by_another_after_its_lease() {
+    let _serial = SERIAL.lock().await;
+    let Some(s) = services() else { return };
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let steps = Steps::new();
+    let (b, org, _) = kill_a_mid_wake(&s, &cluster, &steps).await;
 
     // B: the record says `waking`, held by a replica that no longer
     // renews anything. Once the lease has passed B takes the wake over.
@@ -432,6 +445,58 @@ async fn a_replica_that_died_holding_a_claim_before_writing_the_state_is_taken_o
     assert_eq!(state["state"], "active", "{state}");
     assert_eq!(state["cold_starts"], 1, "{state}");
     assert!(cluster.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_left_by_a_killed_replica_with_no_client_is_undone_by_the_tick() {
+    let _serial = SERIAL.lock().await;
+    let Some(s) = services() else { return };
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let steps = Steps::new();
+    let (b, org, waking) = kill_a_mid_wake(&s, &cluster, &steps).await;
+    let since = waking["since"].as_i64().expect("since");
+
+    // Nobody connects. Within the lease the tick leaves the record alone;
+    // past it, B's tick undoes the wake (the cluster might have been
+    // started) under the claim a connection would take it over with.
+    let report = tick(&b, since + 500).await;
+    assert_eq!(report["suspended"], json!([]), "{report}");
+    assert_eq!(compute(&b, &org).await["state"], "waking");
+    // A's client still holds an org-wide connection lease in Redis until
+    // it expires (`lease_ttl`): until then the org counts as busy.
+    eventually(
+        Duration::from_secs(30),
+        "B's tick to undo the wake",
+        || async {
+            let report = tick(&b, since + 2_500).await;
+            assert_eq!(report["failed"], json!([]), "{report}");
+            (report["suspended"] == json!([org])).then_some(())
+        },
+    )
+    .await;
+    let state = compute(&b, &org).await;
+    assert_eq!(state["state"], "suspended", "{state}");
+    assert_eq!(steps.ran("suspends"), ["r0", "r1"], "B ran the stop");
+    assert!(!cluster.running());
+
+    // The next client wakes it as usual.
+    let (session, _) = connect_and_watch(&b, &org, &cluster).await;
+    select_one(&session).await;
+    assert_eq!(compute(&b, &org).await["state"], "active");
+}
+
+async fn tick(server: &Server, now: i64) -> Value {
+    let (status, body) = admin_send(
+        server,
+        Method::POST,
+        "/admin/scale-to-zero/tick",
+        json!({ "now": now }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// Inserts a claim document the way a replica's `Store::claim` does.
