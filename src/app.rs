@@ -23,7 +23,10 @@ use tokio::sync::oneshot;
 
 use crate::{
     adapters::{
-        compute::Drivers,
+        compute::{
+            railway::{RailwayCompute, RailwayComputeConfig, RailwayComputeError},
+            Drivers,
+        },
         outbound_webhook::{HttpNotificationSender, OutboundError},
         railway::{RailwayClientError, RailwayUsage},
         redis::{RedisAdapterError, RedisProbe},
@@ -76,6 +79,8 @@ pub enum AppError {
     StripeApi(#[from] StripeBillingError),
     #[error("Railway API client: {0}")]
     RailwayApi(#[from] RailwayClientError),
+    #[error("railway compute driver: {0}")]
+    RailwayCompute(#[from] RailwayComputeError),
     #[error(transparent)]
     RedisLimits(#[from] RedisLimitsError),
     #[error("listener: {0}")]
@@ -205,7 +210,13 @@ pub async fn run(
     let scale = ScaleToZero::new(
         store.clone(),
         actors.tenants.clone(),
-        Arc::new(Drivers),
+        Arc::new(Drivers::new(RailwayCompute::new(RailwayComputeConfig {
+            token: settings.calibration.railway_token.clone(),
+            endpoint: settings.calibration.railway_url.clone(),
+            request_timeout: settings.calibration.railway_timeout,
+            poll_interval: settings.scale_to_zero.railway_poll_interval,
+            wake_timeout: settings.scale_to_zero.railway_wake_timeout,
+        })?)),
         catalog.clone(),
         settings.scale_to_zero.config.clone(),
     )

@@ -220,4 +220,9 @@ pub struct ScaleToZeroSettings {
     pub config: dynabase_actors::scale_to_zero::ScaleConfig,
     /// How often idle organizations are looked for.
     pub tick_interval: Duration,
+    /// `railway.poll_interval`: the `railway` driver's status reads.
+    pub railway_poll_interval: Duration,
+    /// `railway.wake_timeout`, at most `step_lease`: the `railway` driver's
+    /// longest wake.
+    pub railway_wake_timeout: Duration,
 }

@@ -162,6 +162,8 @@ pub struct RawRailway {
     pub project_id: String,
     pub api_url: String,
     pub request_timeout: String,
+    pub poll_interval: String,
+    pub wake_timeout: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -413,7 +413,7 @@ pub(super) fn validate(raw: RawSettings) -> Result<Settings, Vec<Problem>> {
         },
         billing: billing(&mut c, &raw.billing),
         calibration: calibration(&mut c, &raw.calibration, &raw.railway),
-        scale_to_zero: scale_to_zero(&mut c, &raw.scale_to_zero),
+        scale_to_zero: scale_to_zero(&mut c, &raw.scale_to_zero, &raw.railway),
         catalog,
         log_json: match raw.log.format.as_str() {
             "json" => true,
@@ -581,7 +581,11 @@ fn billing(c: &mut Checker, raw: &super::raw::RawBilling) -> BillingSettings {
 }
 
 /// The configured id (or `RAILWAY_REPLICA_ID`), else a random one.
-fn scale_to_zero(c: &mut Checker, raw: &super::raw::RawScaleToZero) -> ScaleToZeroSettings {
+fn scale_to_zero(
+    c: &mut Checker,
+    raw: &super::raw::RawScaleToZero,
+    railway: &super::raw::RawRailway,
+) -> ScaleToZeroSettings {
     let wake_deadline = c.positive_duration("scale_to_zero.wake_deadline", &raw.wake_deadline);
     let step_lease = c.positive_duration("scale_to_zero.step_lease", &raw.step_lease);
     // The coordinator's claim must outlive the wait of the clients it serves.
@@ -591,6 +595,11 @@ fn scale_to_zero(c: &mut Checker, raw: &super::raw::RawScaleToZero) -> ScaleToZe
             "must not be shorter than scale_to_zero.wake_deadline",
         );
     }
+    // A wake still running past the lease would be taken over by another
+    // replica while it runs: the railway driver's limit is capped at it.
+    let railway_wake_timeout = c
+        .positive_duration("railway.wake_timeout", &railway.wake_timeout)
+        .min(step_lease);
     ScaleToZeroSettings {
         config: dynabase_actors::scale_to_zero::ScaleConfig {
             enabled: raw.enabled,
@@ -599,6 +608,8 @@ fn scale_to_zero(c: &mut Checker, raw: &super::raw::RawScaleToZero) -> ScaleToZe
             step_lease,
         },
         tick_interval: c.positive_duration("scale_to_zero.tick_interval", &raw.tick_interval),
+        railway_poll_interval: c.positive_duration("railway.poll_interval", &railway.poll_interval),
+        railway_wake_timeout,
     }
 }
 

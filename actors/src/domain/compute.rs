@@ -27,6 +27,8 @@ pub enum ComputeSpecError {
     EmptyCommand(&'static str),
     #[error("timeout_ms must be from 1 to {MAX_COMMAND_TIMEOUT_MS}")]
     BadTimeout,
+    #[error("{0} must not be empty")]
+    EmptyId(&'static str),
 }
 
 /// How the organization's database is stopped and started.
@@ -56,6 +58,13 @@ pub enum ComputeSpec {
         status: Option<String>,
         timeout_ms: u64,
     },
+    /// A Railway service: its latest deployment is stopped and restarted
+    /// through Railway's GraphQL API; the organization's upstream is the
+    /// service's host, where readiness is probed.
+    Railway {
+        service_id: String,
+        environment_id: String,
+    },
 }
 
 impl ComputeSpec {
@@ -70,6 +79,7 @@ impl ComputeSpec {
             ComputeSpec::AlwaysOn => "always_on",
             ComputeSpec::Local { .. } => "local",
             ComputeSpec::Command { .. } => "command",
+            ComputeSpec::Railway { .. } => "railway",
         }
     }
 
@@ -109,6 +119,18 @@ impl ComputeSpec {
                 }
                 if *timeout_ms == 0 || *timeout_ms > MAX_COMMAND_TIMEOUT_MS {
                     return Err(ComputeSpecError::BadTimeout);
+                }
+                Ok(())
+            }
+            ComputeSpec::Railway {
+                service_id,
+                environment_id,
+            } => {
+                if service_id.trim().is_empty() {
+                    return Err(ComputeSpecError::EmptyId("service_id"));
+                }
+                if environment_id.trim().is_empty() {
+                    return Err(ComputeSpecError::EmptyId("environment_id"));
                 }
                 Ok(())
             }
@@ -195,5 +217,18 @@ mod tests {
             timeout_ms: 10,
         };
         assert_eq!(bad.validate(), Err(ComputeSpecError::EmptyCommand("wake")));
+        let railway: ComputeSpec = serde_json::from_str(
+            r#"{"driver":"railway","service_id":"svc","environment_id":"env"}"#,
+        )
+        .unwrap();
+        assert!(railway.validate().is_ok());
+        assert_eq!(railway.driver_name(), "railway");
+        let railway: ComputeSpec =
+            serde_json::from_str(r#"{"driver":"railway","service_id":"svc","environment_id":" "}"#)
+                .unwrap();
+        assert_eq!(
+            railway.validate(),
+            Err(ComputeSpecError::EmptyId("environment_id"))
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! The compute driver port: how a tenant database is stopped, started and
-//! asked whether it runs. Adapters (`local`, `command`) live in the binary.
+//! asked whether it runs. Adapters (`local`, `command`, `railway`) live in
+//! the binary.
 
 use async_trait::async_trait;
 
-use crate::domain::{compute::ComputeSpec, org_id::OrgId};
+use crate::domain::organization::Organization;
 
 /// What a driver could not do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,14 +24,15 @@ pub enum DriverStatus {
     Stopped,
 }
 
-/// One port for every driver: the spec on the organization record says
-/// which adapter answers.
+/// One port for every driver: the spec on the organization record
+/// (`org.compute.spec`) says which adapter answers; a driver that probes
+/// readiness over the network uses the organization's upstream.
 #[async_trait]
 pub trait ComputeDriver: Send + Sync + 'static {
     /// Stops the database. Stopping a stopped database succeeds.
-    async fn suspend(&self, org: &OrgId, spec: &ComputeSpec) -> Result<(), DriverError>;
+    async fn suspend(&self, org: &Organization) -> Result<(), DriverError>;
     /// Starts the database and returns once it accepts connections.
     /// Starting a running database succeeds.
-    async fn wake(&self, org: &OrgId, spec: &ComputeSpec) -> Result<(), DriverError>;
-    async fn status(&self, org: &OrgId, spec: &ComputeSpec) -> Result<DriverStatus, DriverError>;
+    async fn wake(&self, org: &Organization) -> Result<(), DriverError>;
+    async fn status(&self, org: &Organization) -> Result<DriverStatus, DriverError>;
 }

@@ -29,7 +29,7 @@ pub use driver::{ComputeDriver, DriverError, DriverStatus};
 use crate::{
     domain::{
         catalog::TierCatalog,
-        compute::{Compute, Phase},
+        compute::{Compute, ComputeState, Phase},
         org_id::OrgId,
         organization::Organization,
         time::UnixMillis,
@@ -44,6 +44,10 @@ const WRITE_ATTEMPTS: usize = 5;
 /// How often a waiter re-reads the record while another replica (or a
 /// suspend) holds the step it waits for.
 const POLL: Duration = Duration::from_millis(20);
+/// Successors of one expired claim followed in one attempt (each is a
+/// replica that died holding the step; more in a row means something else
+/// is wrong).
+const CLAIM_SUCCESSIONS: usize = 8;
 
 /// `[scale_to_zero]`.
 #[derive(Debug, Clone)]
@@ -242,7 +246,8 @@ impl ScaleToZero {
             let state = &org.compute.state;
             let now = UnixMillis::now();
             let stale = now.0 >= state.since.0.saturating_add(millis(lease));
-            let claim = match state.phase {
+            let claim = step_claim(id, state);
+            match state.phase {
                 Phase::Active => {
                     // Announced late to this replica's actor, perhaps.
                     self.inner.tenants.organization_changed(org.clone());
@@ -251,13 +256,15 @@ impl ScaleToZero {
                         driver_ms: 0,
                     });
                 }
-                Phase::Suspended => format!("wake:{id}:{}:suspended", state.since.0),
+                Phase::Suspended => {}
                 // The replica waking it died: take the wake over.
-                Phase::Waking if stale => format!("wake:{id}:{}:waking", state.since.0),
+                Phase::Waking if stale => {}
                 // A suspend that never finished: finish it first, so the
                 // driver's stop cannot land after this wake's start.
                 Phase::Suspending if stale => {
-                    self.take_over_suspend(org).await;
+                    if !self.take_over_suspend(org).await {
+                        tokio::time::sleep(POLL).await;
+                    }
                     continue;
                 }
                 Phase::Waking | Phase::Suspending => {
@@ -267,10 +274,15 @@ impl ScaleToZero {
                     tokio::time::sleep(POLL).await;
                     continue;
                 }
-            };
-            match self.inner.store.claim(&claim, now, now.plus(lease)).await? {
+            }
+            match self.claim_step(&claim, now).await? {
                 Claim::Won => return self.wake_now(org).await,
-                Claim::Held(_) => tokio::time::sleep(POLL).await,
+                Claim::Held(_) => {
+                    if started.elapsed() > give_up {
+                        return Err(WakeError::Stalled(give_up));
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
             }
         }
     }
@@ -282,7 +294,7 @@ impl ScaleToZero {
         self.write_state(&id, |c, now| c.enter(Phase::Waking, now))
             .await?;
         let started = Instant::now();
-        let result = self.inner.driver.wake(&id, &spec).await;
+        let result = self.inner.driver.wake(&org).await;
         let driver_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let driver_name = spec.driver_name();
         metrics::histogram!("dynabase_scale_wake_driver_seconds", "driver" => driver_name, "outcome" => if result.is_ok() { "ok" } else { "error" })
@@ -377,9 +389,11 @@ impl ScaleToZero {
                     let seen = self.inner.last_active.get(&id).map_or(state.since, |t| *t);
                     now.0 >= seen.max(state.since).0.saturating_add(idle_after)
                 }
-                // A replica died half-way through a suspend.
-                Phase::Suspending => now.0 >= state.since.0.saturating_add(lease),
-                Phase::Suspended | Phase::Waking => false,
+                // A replica died half-way through a suspend, or through a
+                // wake nobody has connected for since: finish the one,
+                // undo the other (the cluster may have been started).
+                Phase::Suspending | Phase::Waking => now.0 >= state.since.0.saturating_add(lease),
+                Phase::Suspended => false,
             };
             if !due || self.inner.wakes.contains_key(&id) {
                 continue;
@@ -419,11 +433,8 @@ impl ScaleToZero {
         now: UnixMillis,
         reason: &str,
     ) -> Result<bool, ControlError> {
-        let id = org.id.clone();
-        let state = &org.compute.state;
-        let name = format!("suspend:{id}:{}:{}", state.since.0, state.phase.as_str());
-        let lease = self.inner.config.step_lease;
-        if self.inner.store.claim(&name, now, now.plus(lease)).await? != Claim::Won {
+        let name = step_claim(&org.id, &org.compute.state);
+        if self.claim_step(&name, now).await? != Claim::Won {
             return Ok(false);
         }
         self.stop(org, reason).await?;
@@ -437,7 +448,7 @@ impl ScaleToZero {
         self.write_state(&id, |c, now| c.enter(Phase::Suspending, now))
             .await?;
         let started = Instant::now();
-        match self.inner.driver.suspend(&id, &spec).await {
+        match self.inner.driver.suspend(&org).await {
             Ok(()) => {
                 self.write_state(&id, |c, now| {
                     c.enter(Phase::Suspended, now);
@@ -449,10 +460,17 @@ impl ScaleToZero {
                 Ok(())
             }
             Err(e) => {
-                // Still running as far as anyone knows: stay active.
+                // A failed stop may still have stopped it (a command that
+                // stopped and then failed, a takeover of a dead replica's
+                // half-done stop): ask, so the record never says `active`
+                // while the database is down. Unknown: still running.
+                let phase = match self.inner.driver.status(&org).await {
+                    Ok(DriverStatus::Stopped) => Phase::Suspended,
+                    _ => Phase::Active,
+                };
                 let detail = e.to_string();
                 self.write_state(&id, |c, now| {
-                    c.enter(Phase::Active, now);
+                    c.enter(phase, now);
                     c.state.last_error = Some(format!("suspend: {detail}"));
                 })
                 .await?;
@@ -463,11 +481,38 @@ impl ScaleToZero {
     }
 
     /// A suspend whose replica died: finish it under a claim of its own.
-    async fn take_over_suspend(&self, org: Organization) {
+    /// `false`: another replica has it (or it failed).
+    async fn take_over_suspend(&self, org: Organization) -> bool {
         let id = org.id.clone();
-        if let Err(e) = self.suspend(org, UnixMillis::now(), "takeover").await {
-            tracing::warn!(org = %id, error = %e, "taking over a suspend failed");
+        match self.suspend(org, UnixMillis::now(), "takeover").await {
+            Ok(won) => won,
+            Err(e) => {
+                tracing::warn!(org = %id, error = %e, "taking over a suspend failed");
+                false
+            }
         }
+    }
+
+    /// Takes the step `name` for one lease. A claim whose lease has ended
+    /// belongs to a replica that died between taking it and writing the
+    /// state it leads to (a live one has written that state long before,
+    /// and the name of the next step differs): its successor is
+    /// `name~<lease end>`, a name every replica derives alike, so again
+    /// exactly one of them takes the step over. Claims are unique inserts
+    /// and never replaced (FerretDB v1's conditional updates are not atomic).
+    async fn claim_step(&self, name: &str, now: UnixMillis) -> Result<Claim, StoreError> {
+        let until = now.plus(self.inner.config.step_lease);
+        let mut name = name.to_owned();
+        for _ in 0..CLAIM_SUCCESSIONS {
+            match self.inner.store.claim(&name, now, until).await? {
+                Claim::Held(end) if end.0 <= now.0 => {
+                    tracing::info!(org_step = %name, "a step's claim expired; taking it over");
+                    name = format!("{name}~{}", end.0);
+                }
+                other => return Ok(other),
+            }
+        }
+        Ok(Claim::Held(until))
     }
 
     /// `POST /admin/orgs/{id}/suspend`: suspends now, whatever the tier.
@@ -506,6 +551,18 @@ impl ScaleToZero {
         }
         Ok(org)
     }
+}
+
+/// The claim for the step out of `state`: one name per stored state, so of
+/// all replicas (and of a tick and a connection on one replica) exactly one
+/// moves the record on. A stale `waking` is left by a wake (taken over by a
+/// connection) or by a suspend (a tick undoing it): both share the name.
+fn step_claim(id: &OrgId, state: &ComputeState) -> String {
+    let step = match state.phase {
+        Phase::Active | Phase::Suspending => "suspend",
+        Phase::Suspended | Phase::Waking => "wake",
+    };
+    format!("{step}:{id}:{}:{}", state.since.0, state.phase.as_str())
 }
 
 fn millis(d: Duration) -> i64 {

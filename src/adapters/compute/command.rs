@@ -1,6 +1,11 @@
 //! The `command` driver: operator-given shell commands (systemd, kubectl
 //! scale, docker …) run with `sh -c`, the organization id in
 //! `DYNABASE_ORG`, a timeout, and their output in the logs.
+//!
+//! The shell is started through `setpriv --pdeathsig KILL` (util-linux)
+//! where it exists, so it dies with the gateway: a replica killed half-way
+//! through a suspend must not leave its stop running, to land after
+//! another replica took the step over and woke the database.
 
 use std::{
     process::Stdio,
@@ -13,6 +18,19 @@ use dynabase_actors::{scale_to_zero::DriverError, OrgId};
 const OUTPUT_LIMIT: usize = 2_000;
 /// Between two runs of the status command while waiting for readiness.
 const STATUS_POLL: Duration = Duration::from_millis(25);
+/// Sets the parent-death signal and runs the shell.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// `sh`, killed when this process dies where setpriv exists.
+fn shell() -> tokio::process::Command {
+    if std::path::Path::new(SETPRIV).exists() {
+        let mut cmd = tokio::process::Command::new(SETPRIV);
+        cmd.args(["--pdeathsig", "KILL", "--", "sh"]);
+        cmd
+    } else {
+        tokio::process::Command::new("sh")
+    }
+}
 
 /// Runs `command`; `Ok(stdout)` when it exits 0 within `timeout_ms`. The
 /// process is killed when the time is up.
@@ -22,7 +40,7 @@ pub async fn run(
     org: &OrgId,
     timeout_ms: u64,
 ) -> Result<String, DriverError> {
-    let mut cmd = tokio::process::Command::new("sh");
+    let mut cmd = shell();
     cmd.arg("-c")
         .arg(command)
         .env("DYNABASE_ORG", org.as_str())

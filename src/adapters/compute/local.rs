@@ -135,13 +135,18 @@ pub async fn start(data_dir: &str, port: u16, pg_bin: Option<&str>) -> Result<()
 
 /// Whether the server on 127.0.0.1:`port` accepts connections now.
 pub async fn probe(port: u16) -> bool {
-    tokio::time::timeout(PROBE_TIMEOUT, probe_once(port))
+    probe_at("127.0.0.1", port).await
+}
+
+/// Whether the PostgreSQL server at `host`:`port` accepts connections now.
+pub async fn probe_at(host: &str, port: u16) -> bool {
+    tokio::time::timeout(PROBE_TIMEOUT, probe_once(host, port))
         .await
         .unwrap_or(false)
 }
 
-async fn probe_once(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+async fn probe_once(host: &str, port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect((host, port)).await else {
         return false;
     };
     let _ = stream.set_nodelay(true);

@@ -3,22 +3,31 @@
 
 pub mod command;
 pub mod local;
+pub mod railway;
 
 use async_trait::async_trait;
 use dynabase_actors::{
     domain::compute::ComputeSpec,
     scale_to_zero::{ComputeDriver, DriverError, DriverStatus},
-    OrgId,
+    Organization,
 };
 
 /// Every driver this binary has.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Drivers;
+#[derive(Clone)]
+pub struct Drivers {
+    railway: railway::RailwayCompute,
+}
+
+impl Drivers {
+    pub fn new(railway: railway::RailwayCompute) -> Self {
+        Self { railway }
+    }
+}
 
 #[async_trait]
 impl ComputeDriver for Drivers {
-    async fn suspend(&self, org: &OrgId, spec: &ComputeSpec) -> Result<(), DriverError> {
-        match spec {
+    async fn suspend(&self, org: &Organization) -> Result<(), DriverError> {
+        match &org.compute.spec {
             ComputeSpec::AlwaysOn => Err(DriverError::Unsupported("always_on")),
             ComputeSpec::Local {
                 data_dir, pg_bin, ..
@@ -27,14 +36,15 @@ impl ComputeDriver for Drivers {
                 suspend,
                 timeout_ms,
                 ..
-            } => command::run("suspend", suspend, org, *timeout_ms)
+            } => command::run("suspend", suspend, &org.id, *timeout_ms)
                 .await
                 .map(drop),
+            ComputeSpec::Railway { .. } => self.railway.suspend(org).await,
         }
     }
 
-    async fn wake(&self, org: &OrgId, spec: &ComputeSpec) -> Result<(), DriverError> {
-        match spec {
+    async fn wake(&self, org: &Organization) -> Result<(), DriverError> {
+        match &org.compute.spec {
             ComputeSpec::AlwaysOn => Ok(()),
             ComputeSpec::Local {
                 data_dir,
@@ -46,12 +56,13 @@ impl ComputeDriver for Drivers {
                 status,
                 timeout_ms,
                 ..
-            } => command::wake(org, wake, status.as_deref(), *timeout_ms).await,
+            } => command::wake(&org.id, wake, status.as_deref(), *timeout_ms).await,
+            ComputeSpec::Railway { .. } => self.railway.wake(org).await,
         }
     }
 
-    async fn status(&self, org: &OrgId, spec: &ComputeSpec) -> Result<DriverStatus, DriverError> {
-        match spec {
+    async fn status(&self, org: &Organization) -> Result<DriverStatus, DriverError> {
+        match &org.compute.spec {
             ComputeSpec::AlwaysOn => Ok(DriverStatus::Running),
             ComputeSpec::Local {
                 data_dir, pg_bin, ..
@@ -61,7 +72,7 @@ impl ComputeDriver for Drivers {
                 timeout_ms,
                 ..
             } => Ok(
-                match command::run("status", status, org, *timeout_ms).await {
+                match command::run("status", status, &org.id, *timeout_ms).await {
                     Ok(_) => DriverStatus::Running,
                     Err(DriverError::Failed { .. }) => DriverStatus::Stopped,
                     Err(e) => return Err(e),
@@ -70,6 +81,7 @@ impl ComputeDriver for Drivers {
             ComputeSpec::Command { status: None, .. } => {
                 Err(DriverError::Unsupported("command (no status command)"))
             }
+            ComputeSpec::Railway { .. } => self.railway.status(org).await,
         }
     }
 }
