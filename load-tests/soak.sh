@@ -93,6 +93,7 @@ chmod 755 "$SD"
 # Restarts run the binary the soak started with, whatever is rebuilt meanwhile.
 RUN_BIN="$SD/dynabase"
 cp "$DYNABASE_BIN" "$RUN_BIN"
+RUN_BUILD_NOTE="$(build_note)"
 STOP="$WORK/stop"
 EVENTS="$WORK/events.tsv" # epoch_ms <tab> event <tab> detail
 : >"$EVENTS"
@@ -458,7 +459,7 @@ python3 "$LT_DIR/soak_reconcile.py" --work "$WORK" --token "$ADMIN_TOKEN" \
     --redis-port "$REDIS_PORT" --mongo-port "$MONGO_PORT" --flush-interval "$FLUSH_INTERVAL_S" \
     --minutes "$MINUTES" --start-ms "$START_MS" --role "$ROLE" --db "$DB" \
     --command "load-tests/soak.sh $MINUTES" --machine "$(machine_note "at the end")" \
-    --build "$(build_note)" >"$REPORT"
+    --build "$RUN_BUILD_NOTE" >"$REPORT"
 verdict=$?
 set -e
 cat "$REPORT"

@@ -124,13 +124,14 @@ def error_kinds(err):
     """Short classification of pgbench's errors for the report."""
     kinds = collections.Counter()
     for line in err.splitlines():
-        if not line.startswith("pgbench: error:") or "could not create connection for" in line:
+        if not line.startswith("pgbench: error:") or re.search("could not create connection for|Run was aborted", line):
             continue
         for key, pattern in [
             ("connection limit (53300)", "connection limit"),
             ("rate limit (53400)", "rate limit"),
             ("database unreachable (08006)", "cannot reach database"),
             ("ended by shutdown (57P01)", "terminat"),
+            ("PostgreSQL starting up / shutting down", "the database system is"),
             ("shutting down / unavailable (57P03)", "shutting down|unavailable"),
             ("connection lost", "closed the connection|backend died|server closed|lost synchron|EOF"),
             ("connection refused", "Connection refused"),
