@@ -350,3 +350,68 @@ async fn losing_redis_falls_back_to_local_shares_and_recovers() {
         .await
         .expect("admitted on shared limits again");
 }
+
+/// Sessions admitted on local shares while Redis was down count against the
+/// org-wide limit once it is back (found by `load-tests/soak.sh`: after a
+/// Redis restart a FREE org held 6 sessions, the replicas having admitted on
+/// shared limits that knew nothing of the sessions admitted meanwhile).
+#[tokio::test]
+async fn sessions_admitted_while_redis_was_down_count_once_it_is_back() {
+    let _serial = SERIAL.lock().await;
+    let Some(s) = services() else { return };
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let (servers, _dirs) = replicas(2, &s, &url, &[]);
+    wait_for_replicas(&servers, 2).await;
+    common::pg::create_org(&servers[0], "outage", "free", &s.pg).await;
+    for server in &servers {
+        connect(server, "outage")
+            .await
+            .expect("admitted on shared limits")
+            .simple_query("select 1")
+            .await
+            .unwrap();
+    }
+
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for server in &servers {
+        while !degraded(server).await {
+            assert!(Instant::now() < deadline, "both replicas notice");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // FREE admits 5: each of the 2 replicas its local share, 2.
+    let mut open = Vec::new();
+    for server in &servers {
+        for _ in 0..2 {
+            open.push(connect(server, "outage").await.expect("local share"));
+        }
+        assert!(
+            connect(server, "outage").await.is_err(),
+            "a replica admits at most its share"
+        );
+    }
+
+    let _redis = OwnRedis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for server in &servers {
+        while degraded(server).await {
+            assert!(Instant::now() < deadline, "shared limits return with Redis");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The 4 sessions admitted during the outage are still open: one more fits.
+    let mut more = Vec::new();
+    for server in servers.iter().cycle().take(6) {
+        if let Ok(c) = connect(server, "outage").await {
+            more.push(c);
+        }
+    }
+    assert_eq!(
+        open.len() + more.len(),
+        5,
+        "the org-wide limit holds with sessions admitted during the outage"
+    );
+}

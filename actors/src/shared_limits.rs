@@ -43,6 +43,13 @@ pub trait SharedLimits: Send + Sync + 'static {
         lease: &str,
     ) -> Result<bool, SharedLimitsError>;
 
+    /// Holds a lease for a session admitted under the local share while the
+    /// shared state is unreachable. Nothing is asked of the shared state now;
+    /// the lease is registered (beyond the limit if need be: the session
+    /// exists) as soon as it answers again, before this replica leaves the
+    /// local shares, and refreshed and returned like any other lease.
+    fn hold_connection(&self, org: &OrgId, lease: &str);
+
     /// Gives a lease back (best effort; an unreturned lease expires).
     fn release_connection(&self, org: &OrgId, lease: &str);
 

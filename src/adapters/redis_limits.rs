@@ -24,6 +24,14 @@ use dynabase_actors::{
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, Script};
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// The heartbeat's pause while degraded (at most).
+const DEGRADED_PAUSE: Duration = Duration::from_secs(1);
+/// How long a replica keeps its local shares after Redis answers again,
+/// registering its leases on every heartbeat meanwhile: long enough for
+/// every other degraded replica (retrying every `DEGRADED_PAUSE`, a connect
+/// taking up to 2 × `CALL_TIMEOUT`) to have registered its own, so nobody
+/// admits on shared limits that miss sessions admitted on local shares.
+const RECOVERY_SETTLE: Duration = Duration::from_secs(2);
 
 /// Settings for [`RedisLimits`].
 #[derive(Debug, Clone)]
@@ -55,6 +63,15 @@ pub struct RedisLimits {
     held: DashMap<OrgId, HashSet<String>>,
     degraded: AtomicBool,
     replicas: AtomicU32,
+}
+
+/// Where the heartbeat is in leaving the degraded state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// Not degraded, or Redis still unreachable.
+    Idle,
+    /// Redis answered at this instant; leases registered, shares still local.
+    Since(tokio::time::Instant),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,33 +146,91 @@ impl RedisLimits {
     }
 
     /// Heartbeat loop: keeps this replica registered, learns the replica
-    /// count, and clears the degraded state once Redis answers again.
+    /// count, and clears the degraded state once Redis answers again — after
+    /// registering the leases of every session this replica holds (those
+    /// admitted on local shares included) and, after an outage,
+    /// [`RECOVERY_SETTLE`] later.
     pub async fn run_heartbeat(self: Arc<Self>) {
+        let mut recovery = Recovery::Idle;
+        let mut outage_seen = false;
         loop {
             let ttl = self.config.lease_ttl.as_millis().to_string();
             let key = format!("{}:replicas", self.config.key_prefix);
             let mut invocation = self.scripts.heartbeat.key(&key);
             invocation.arg(&self.config.replica_id).arg(&ttl);
-            match self.invoke::<u32>("heartbeat", invocation).await {
+            let beat = self.invoke::<u32>("heartbeat", invocation).await;
+            let beat = match beat {
+                Ok(n) if self.degraded.load(Ordering::Relaxed) => {
+                    self.register_held().await.map(|()| n)
+                }
+                other => other,
+            };
+            match beat {
                 Ok(n) => {
-                    self.replicas.store(n.max(1), Ordering::Relaxed);
+                    let degraded = self.degraded.load(Ordering::Relaxed);
+                    if degraded {
+                        // A restarted Redis knows only the replicas that have
+                        // beaten since: the local shares must not grow meanwhile.
+                        self.replicas.fetch_max(n.max(1), Ordering::Relaxed);
+                    } else {
+                        self.replicas.store(n.max(1), Ordering::Relaxed);
+                    }
                     metrics::gauge!("dynabase_replicas").set(f64::from(n));
-                    if self.degraded.swap(false, Ordering::Relaxed) {
-                        tracing::info!(replicas = n, "redis reachable: shared limits in force");
-                        metrics::gauge!("dynabase_redis_degraded").set(0.0);
+                    let now = tokio::time::Instant::now();
+                    let settled = match recovery {
+                        Recovery::Since(at) => now.duration_since(at) >= RECOVERY_SETTLE,
+                        Recovery::Idle => {
+                            recovery = Recovery::Since(now);
+                            false
+                        }
+                    };
+                    if !degraded {
+                        recovery = Recovery::Idle;
+                    } else if settled || !outage_seen {
+                        // At start-up (no failure seen yet) there is no
+                        // outage whose local-share sessions must be registered.
+                        recovery = Recovery::Idle;
+                        if self.degraded.swap(false, Ordering::Relaxed) {
+                            tracing::info!(replicas = n, "redis reachable: shared limits in force");
+                            metrics::gauge!("dynabase_redis_degraded").set(0.0);
+                        }
                     }
                 }
-                Err(e) => self.mark_degraded(&e),
+                Err(e) => {
+                    recovery = Recovery::Idle;
+                    outage_seen = true;
+                    self.mark_degraded(&e);
+                }
             }
             metrics::gauge!("dynabase_connection_leases_held")
                 .set(self.held.iter().map(|h| h.len()).sum::<usize>() as f64);
             let pause = if self.degraded.load(Ordering::Relaxed) {
-                self.config.heartbeat.min(Duration::from_secs(1))
+                self.config.heartbeat.min(DEGRADED_PAUSE)
             } else {
                 self.config.heartbeat
             };
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Registers every lease this replica holds, whatever the limit: the
+    /// sessions exist. (The lease set may be empty after a Redis restart, or
+    /// miss sessions admitted on local shares.)
+    async fn register_held(&self) -> Result<(), SharedLimitsError> {
+        let orgs: Vec<OrgId> = self
+            .held
+            .iter()
+            .filter(|e| !e.value().is_empty())
+            .map(|e| e.key().clone())
+            .collect();
+        for org in orgs {
+            let request = SyncRequest {
+                qps: None,
+                demand: 0,
+            };
+            self.sync(&org, request).await?;
+        }
+        Ok(())
     }
 }
 
@@ -187,6 +262,13 @@ impl SharedLimits for RedisLimits {
             .invoke::<i64>("count_connections", self.scripts.count.key(&key))
             .await?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    fn hold_connection(&self, org: &OrgId, lease: &str) {
+        self.held
+            .entry(org.clone())
+            .or_default()
+            .insert(lease.to_owned());
     }
 
     fn release_connection(&self, org: &OrgId, lease: &str) {

@@ -79,7 +79,9 @@ async fn admit(tenant: &Addr<ConnectionActor>) -> Result<Admission, ClientError>
 }
 
 /// Takes the org-wide lease when limits are shared. If the shared state is
-/// unreachable, the slot is taken again under the local share instead.
+/// unreachable, the slot is taken again under the local share instead, and
+/// the lease is only held here: it is registered when the shared state is
+/// back, so the session counts against the org-wide limit from then on.
 async fn org_wide_lease(
     ctx: &ProxyContext,
     identity: &Identity,
@@ -91,15 +93,22 @@ async fn org_wide_lease(
     let Some(shared) = &ctx.shared_limits else {
         return Ok(Lease { slot, shared: None });
     };
-    if shared.health().degraded {
-        return Ok(Lease { slot, shared: None });
-    }
     static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
     let lease = format!(
         "{}:{}",
         ctx.replica_id,
         NEXT_LEASE.fetch_add(1, Ordering::Relaxed)
     );
+    let held = |slot: Slot| {
+        shared.hold_connection(&identity.org, &lease);
+        Lease {
+            slot,
+            shared: Some((shared.clone(), identity.org.clone(), lease.clone())),
+        }
+    };
+    if shared.health().degraded {
+        return Ok(held(slot));
+    }
     let limit = admission.limits.max_connections;
     match shared
         .acquire_connection(&identity.org, limit, &lease)
@@ -122,10 +131,7 @@ async fn org_wide_lease(
             // Degraded now: the actor admits under this replica's share.
             admit(&tenant).await?;
             metrics::gauge!("dynabase_proxy_active_connections", "tier" => tier).increment(1.0);
-            Ok(Lease {
-                slot: Slot { tenant, tier },
-                shared: None,
-            })
+            Ok(held(Slot { tenant, tier }))
         }
     }
 }
