@@ -933,10 +933,25 @@ ensure_browser_venv() {
     "$venv/bin/pip" install -q "selenium==$SELENIUM_VERSION" >&2 || die "pip install selenium failed"
 }
 
+# schemathesis for the API check of scripts/test.sh (scripts/schemathesis.sh),
+# in a venv of its own (pinned).
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis_venv() {
+    local venv="$SD/schemathesis"
+    if [[ -x "$venv/bin/schemathesis" ]] \
+        && [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]]; then
+        return 0
+    fi
+    log "API check venv: schemathesis $SCHEMATHESIS_VERSION"
+    python3 -m venv "$venv" || die "python3 -m venv failed"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "pip install schemathesis failed"
+}
+
 cmd_start() {
     with_lock
     ensure_packages
     ensure_browser_venv
+    ensure_schemathesis_venv
     pg_start
     redis_start
     mongo_start
