@@ -277,13 +277,19 @@ pub struct ScaleTickDoc {
 
 /// `POST /admin/orgs`.
 #[derive(Serialize, ToSchema)]
-#[schema(as = CreateOrgRequest)]
+#[serde(deny_unknown_fields)]
+#[schema(as = CreateOrgRequest, example = json!({"id": "initech", "name": "Initech", "tier": "starter", "upstream": "127.0.0.1:5432"}))]
 pub struct CreateOrgDoc {
-    /// Lower-case letters, digits and `-`.
+    /// Lower-case letters, digits and `-`, at most 63.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     id: String,
+    #[schema(min_length = 1, pattern = "\\S")]
     name: String,
     tier: TierDoc,
-    /// `host:port`.
+    /// `host:port`, port 1 to 65535.
+    #[schema(
+        pattern = "^[^:]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+    )]
     upstream: String,
     stripe_customer_id: Option<String>,
     stripe_subscription_id: Option<String>,
@@ -293,57 +299,67 @@ pub struct CreateOrgDoc {
 /// Stripe and Railway ids. A `tier` goes through the lifecycle (audited,
 /// with `reason`).
 #[derive(Serialize, ToSchema)]
-#[schema(as = UpdateOrgRequest)]
+#[serde(deny_unknown_fields)]
+#[schema(as = UpdateOrgRequest, example = json!({"name": "Acme Corp", "tier": "pro", "reason": "upgrade"}))]
 pub struct UpdateOrgDoc {
-    #[schema(nullable = false)]
+    #[schema(nullable = false, min_length = 1, pattern = "\\S")]
     name: Option<String>,
     #[schema(nullable = false)]
     tier: Option<TierDoc>,
-    #[schema(nullable = false)]
+    #[schema(nullable = false, pattern = "^[^:]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$")]
     upstream: Option<String>,
     stripe_customer_id: Option<String>,
     stripe_subscription_id: Option<String>,
     railway_service_id: Option<String>,
-    #[schema(nullable = false)]
+    #[schema(nullable = false, min_length = 1, pattern = "\\S")]
     reason: Option<String>,
 }
 
 /// `PUT /admin/orgs/{id}/tier`.
 #[derive(Serialize, ToSchema)]
-#[schema(as = SetTierRequest)]
+#[serde(deny_unknown_fields)]
+#[schema(as = SetTierRequest, example = json!({"tier": "pro", "reason": "annual contract"}))]
 pub struct SetTierDoc {
     tier: TierDoc,
     /// Goes into the audit log.
+    #[schema(min_length = 1, pattern = "\\S")]
     reason: String,
 }
 
 /// `PUT /admin/orgs/{id}/notification-url`: a URL, or `null` to stop.
 #[derive(Serialize, ToSchema)]
-#[schema(as = NotificationUrlRequest)]
+#[serde(deny_unknown_fields)]
+#[schema(as = NotificationUrlRequest, example = json!({"url": "https://hooks.example.com/dynabase"}))]
 pub struct NotificationUrlDoc {
+    #[schema(required = true, pattern = "^https?://[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,20}){0,3}(/[a-zA-Z0-9._~-]{0,20}){0,3}$")]
     url: Option<String>,
 }
 
 /// `POST /admin/orgs/{id}/usage/adjustments`.
 #[derive(Serialize, ToSchema)]
-#[schema(as = AdjustmentRequest)]
+#[serde(deny_unknown_fields)]
+#[schema(as = AdjustmentRequest, example = json!({"vcpu_hours": "-1.5", "reason": "outage credit", "key": "credit-1"}))]
 pub struct AdjustmentDoc {
     /// Non-zero decimal string: `"-1.5"` credits, `"2"` debits.
+    #[schema(pattern = "^-?[0-9]{1,6}(\\.[0-9]{1,6})?$")]
     vcpu_hours: String,
+    #[schema(min_length = 1, pattern = "\\S")]
     reason: String,
-    /// `YYYY-MM`; absent: the current period.
-    #[schema(nullable = false)]
+    /// `YYYY-MM`; absent or `null`: the current period.
+    #[schema(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: Option<String>,
-    /// Idempotency key, 1 to 200 characters.
-    #[schema(nullable = false)]
+    /// Idempotency key, 1 to 200 characters; absent or `null`: a new one.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     key: Option<String>,
 }
 
 /// Spend cap: a positive amount with at most two decimals, or
 /// `{"amount":null}` to remove the cap.
 #[derive(Serialize, ToSchema)]
-#[schema(as = SpendCapRequest)]
+#[serde(deny_unknown_fields)]
+#[schema(as = SpendCapRequest, example = json!({"amount": "25.00", "action": "throttle"}))]
 pub struct SpendCapRequestDoc {
+    #[schema(required = true, pattern = "^[0-9]{1,9}(\\.[0-9]{1,2})?$")]
     amount: Option<String>,
     /// Default `refuse`.
     #[schema(nullable = false)]
@@ -352,7 +368,8 @@ pub struct SpendCapRequestDoc {
 
 /// `PUT /admin/modes`: either switch or both.
 #[derive(Serialize, ToSchema)]
-#[schema(as = ModesRequest)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ModesRequest, example = json!({"billing": "shadow", "enforcement": "enforce"}))]
 pub struct ModesRequestDoc {
     #[schema(nullable = false)]
     billing: Option<BillingModeDoc>,
@@ -363,16 +380,21 @@ pub struct ModesRequestDoc {
 /// `POST /admin/calibrations`: `period` alone reads Railway now; with
 /// `bill_usd` (and optionally `vcpu_minutes`) the manual path.
 #[derive(Serialize, ToSchema)]
-#[schema(as = CalibrateRequest)]
+#[serde(deny_unknown_fields)]
+#[schema(as = CalibrateRequest, example = json!({"period": "2026-11", "bill_usd": "48.60"}))]
 pub struct CalibrateDoc {
+    #[schema(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: String,
+    #[schema(pattern = "^[0-9]{1,9}(\\.[0-9]{1,6})?$")]
     bill_usd: Option<String>,
+    #[schema(pattern = "^[0-9]{1,9}(\\.[0-9]{1,6})?$")]
     vcpu_minutes: Option<String>,
 }
 
 /// Scheduler ticks: `now` in Unix milliseconds (in the future only with
 /// `lifecycle.allow_clock_override`); the body may be empty.
 #[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(as = TickRequest)]
 pub struct TickDoc {
     now: Option<i64>,

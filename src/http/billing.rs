@@ -53,6 +53,7 @@ const CAS_ATTEMPTS: usize = 3;
 #[into_params(parameter_in = Query)]
 pub struct PreviewQuery {
     /// `YYYY-MM` (required).
+    #[param(required = true, pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: Option<String>,
 }
 
@@ -60,6 +61,7 @@ pub struct PreviewQuery {
 #[into_params(parameter_in = Query)]
 pub struct RunQuery {
     /// `YYYY-MM` (required): a closed period.
+    #[param(required = true, pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: Option<String>,
     /// Unix milliseconds to bill at; in the future only with
     /// `lifecycle.allow_clock_override`.
@@ -206,7 +208,7 @@ pub async fn run(
 #[utoipa::path(
     tag = "billing",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 200, description = "The org's billing records", body = OrgBillingRecords),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
@@ -408,10 +410,12 @@ fn parse_cap(body: &[u8], set_by: &str) -> Result<Option<SpendCap>, ApiError> {
         .filter(|k| !["amount", "action"].contains(&k.as_str()))
         .map(|k| FieldError::new(k, "unknown field"))
         .collect();
+    // `Some(None)`: remove the cap; checked with the other fields, so an
+    // unknown field or a bad action is reported even then.
     let amount = match map.get("amount") {
-        Some(Value::Null) => return Ok(None),
+        Some(Value::Null) => Some(None),
         Some(Value::String(s)) => match Decimal::from_str(s) {
-            Ok(d) if d > Decimal::ZERO && d.scale() <= 2 => Some(d),
+            Ok(d) if d > Decimal::ZERO && d.scale() <= 2 => Some(Some(d)),
             _ => None,
         },
         _ => None,
@@ -422,10 +426,12 @@ fn parse_cap(body: &[u8], set_by: &str) -> Result<Option<SpendCap>, ApiError> {
             "must be a positive decimal string with at most two decimals, e.g. \"25.00\", or null to remove the cap",
         ));
     }
-    let action = match map.get("action").and_then(Value::as_str) {
+    let action = match map.get("action") {
         None => Some(CapAction::Refuse),
-        Some("refuse") => Some(CapAction::Refuse),
-        Some("throttle") => Some(CapAction::Throttle),
+        Some(Value::String(s)) if s == "refuse" => Some(CapAction::Refuse),
+        Some(Value::String(s)) if s == "throttle" => Some(CapAction::Throttle),
+        // Anything else (another string, an object, null) is refused rather
+        // than read as the default.
         Some(_) => {
             errors.push(FieldError::new(
                 "action",
@@ -435,7 +441,8 @@ fn parse_cap(body: &[u8], set_by: &str) -> Result<Option<SpendCap>, ApiError> {
         }
     };
     match (amount, action) {
-        (Some(amount), Some(action)) if errors.is_empty() => Ok(Some(SpendCap {
+        (Some(None), Some(_)) if errors.is_empty() => Ok(None),
+        (Some(Some(amount)), Some(action)) if errors.is_empty() => Ok(Some(SpendCap {
             amount,
             action,
             set_by: set_by.to_owned(),
@@ -489,7 +496,7 @@ fn cap_view(org: &Organization) -> CapView {
 #[utoipa::path(
     tag = "billing",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     request_body = SpendCapRequestDoc,
     responses(
         (status = 200, description = "The cap in force", body = CapView),
@@ -552,6 +559,10 @@ mod tests {
         assert_eq!(cap.amount, Decimal::from_str("25.50").unwrap());
         assert_eq!(cap.action, CapAction::Throttle);
         assert_eq!(parse_cap(br#"{"amount":null}"#, "admin").unwrap(), None);
+        assert!(matches!(
+            parse_cap(br#"{"amount":null,"colour":1}"#, "admin"),
+            Err(ApiError::InvalidFields(_))
+        ));
         let Err(ApiError::InvalidFields(fields)) =
             parse_cap(br#"{"amount":"0.001","action":"stop","x":1}"#, "admin")
         else {
@@ -563,5 +574,20 @@ mod tests {
             parse_cap(b"[1]", "admin"),
             Err(ApiError::MalformedBody(_))
         ));
+    }
+
+    #[test]
+    fn an_action_that_is_not_a_string_is_refused_not_defaulted() {
+        for body in [
+            br#"{"amount":"25.00","action":{}}"#.as_slice(),
+            br#"{"amount":"25.00","action":null}"#,
+            br#"{"amount":"25.00","action":1}"#,
+            br#"{"amount":null,"action":"stop"}"#,
+        ] {
+            let Err(ApiError::InvalidFields(fields)) = parse_cap(body, "admin") else {
+                panic!("invalid fields expected for {}", String::from_utf8_lossy(body));
+            };
+            assert_eq!(fields[0].field, "action");
+        }
     }
 }

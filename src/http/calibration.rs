@@ -131,7 +131,7 @@ pub async fn list(_: AdminAuth, state: web::Data<HttpState>) -> Result<HttpRespo
     operation_id = "show_calibration",
     tag = "calibration",
     security(("admin_token" = [])),
-    params(("period" = String, Path, description = "`YYYY-MM`")),
+    params(("period" = String, Path, description = "`YYYY-MM`", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")),
     responses(
         (status = 200, description = "The period's calibration", body = CalibrationDoc),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
@@ -162,6 +162,7 @@ pub async fn show(
 #[into_params(parameter_in = Query)]
 pub struct PeriodQuery {
     /// `YYYY-MM` (required).
+    #[param(required = true, pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: Option<String>,
 }
 

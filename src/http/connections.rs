@@ -25,7 +25,7 @@ pub struct Terminating {
 #[utoipa::path(
     tag = "connections",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 200, description = "The organization's sessions on this replica", body = Vec<SessionView>),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),

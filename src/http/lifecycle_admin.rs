@@ -72,8 +72,12 @@ fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError>
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
     };
-    let Value::Object(map) = value else {
-        return Err(ApiError::MalformedBody("expected a JSON object".into()));
+    let map = match value {
+        Value::Object(map) => map,
+        // `null` is read as `{}`: a route's required fields are then
+        // reported as missing (optional bodies such as a tick's accept it).
+        Value::Null => Map::new(),
+        _ => return Err(ApiError::MalformedBody("expected a JSON object".into())),
     };
     let unknown: Vec<FieldError> = map
         .keys()
@@ -90,7 +94,7 @@ fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError>
 #[utoipa::path(
     tag = "lifecycle",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     request_body = SetTierDoc,
     responses(
         (status = 200, description = "The organization on its new tier", body = OrganizationDoc),
@@ -170,7 +174,7 @@ pub(super) async fn change_tier_now(
 #[utoipa::path(
     tag = "lifecycle",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 200, description = "The tier audit log, oldest first", body = Vec<TierChangeDoc>),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
@@ -191,7 +195,7 @@ pub async fn tier_history(
 #[utoipa::path(
     tag = "lifecycle",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 200, description = "Notifications recorded for the organization", body = Vec<NotificationDoc>),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
@@ -212,7 +216,7 @@ pub async fn notifications(
 #[utoipa::path(
     tag = "lifecycle",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     request_body = NotificationUrlDoc,
     responses(
         (status = 200, description = "The organization", body = OrganizationDoc),

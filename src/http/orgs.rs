@@ -73,7 +73,7 @@ pub async fn list(_: AdminAuth, state: web::Data<HttpState>) -> Result<HttpRespo
     operation_id = "show_org",
     tag = "organizations",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 200, description = "The organization", body = crate::http::api_types::OrganizationDoc),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
@@ -100,7 +100,7 @@ pub async fn show(
     operation_id = "update_org",
     tag = "organizations",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     request_body = crate::http::api_types::UpdateOrgDoc,
     responses(
         (status = 200, description = "The updated organization", body = crate::http::api_types::OrganizationDoc),

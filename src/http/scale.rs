@@ -121,7 +121,7 @@ fn parse_spec(body: &[u8]) -> Result<ComputeSpec, ApiError> {
 #[utoipa::path(
     tag = "scale-to-zero",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     request_body = ComputeSpecDoc,
     responses(
         (status = 200, description = "The compute section", body = ComputeView),
@@ -186,7 +186,7 @@ pub async fn set_compute(
 #[utoipa::path(
     tag = "scale-to-zero",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 200, description = "The compute section", body = ComputeView),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
@@ -212,7 +212,7 @@ pub async fn show_compute(
 #[utoipa::path(
     tag = "scale-to-zero",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 200, description = "Suspended", body = ComputeView),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
@@ -246,10 +246,11 @@ async fn wake(state: &HttpState, id: &OrgId, admin: bool) -> Result<HttpResponse
 #[utoipa::path(
     tag = "scale-to-zero",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 200, description = "Already active", body = ComputeView),
         (status = 202, description = "Waking; see `expected_ready_at`", body = ComputeView),
+        (status = 409, description = "The always_on driver: nothing to wake", body = ErrorBody),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such organization", body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
@@ -271,6 +272,7 @@ pub async fn admin_wake(
     responses(
         (status = 200, description = "Already active", body = ComputeView),
         (status = 202, description = "Waking; see `expected_ready_at`", body = ComputeView),
+        (status = 409, description = "The always_on driver: nothing to wake", body = ErrorBody),
         (status = 401, description = "No or wrong org API token", body = ErrorBody),
         (status = 429, description = "Over the tier's request rate; see Retry-After", body = ErrorBody),
         (status = 503, description = "Store unavailable", body = ErrorBody),
@@ -310,10 +312,13 @@ pub async fn tick(
     state: web::Data<HttpState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // Empty and `null` both mean "no settings".
     let body: TickBody = if body.is_empty() {
         TickBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
+        serde_json::from_slice::<Option<TickBody>>(&body)
+            .map_err(|e| ApiError::MalformedBody(e.to_string()))?
+            .unwrap_or_default()
     };
     let now = state.lifecycle.now(body.now.map(UnixMillis))?;
     let report = state.scale.tick(now, &state.sessions.orgs()).await?;

@@ -44,6 +44,7 @@ use super::{
 #[into_params(parameter_in = Query)]
 pub struct PeriodQuery {
     /// `YYYY-MM`; absent: the current period.
+    #[param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: Option<String>,
 }
 
@@ -186,7 +187,7 @@ async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<Report
 #[utoipa::path(
     tag = "usage",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id"), PeriodQuery),
+    params(("id" = String, Path, description = "Organization id", example = "acme"), PeriodQuery),
     responses(
         (status = 200, description = "The usage report", body = Report),
         (status = 400, description = "Unreadable query string", body = ErrorBody),
@@ -235,7 +236,7 @@ pub async fn customer_report(
 #[utoipa::path(
     tag = "usage",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     responses(
         (status = 201, description = "The new token (any previous one is revoked)", body = IssuedToken),
         (status = 401, description = "No or wrong admin token", body = ErrorBody),
@@ -334,7 +335,7 @@ fn parse_adjustment(
 #[utoipa::path(
     tag = "usage",
     security(("admin_token" = [])),
-    params(("id" = String, Path, description = "Organization id")),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
     request_body = crate::http::api_types::AdjustmentDoc,
     responses(
         (status = 201, description = "Recorded", body = UsageAdjustmentDoc),
