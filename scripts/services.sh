@@ -18,6 +18,8 @@
 #                      (default 12111; its HTTPS listener goes to a free loopback
 #                      port), v0.203.0 installed with `go install` once and cached
 #                      in .services/bin/stripe-mock. Exported as STRIPE_MOCK_URL.
+#   * Python venvs     – .services/browser (Selenium, the browser test) and
+#                      .services/schemathesis (the API check, scripts/schemathesis.sh).
 #
 # `start` is idempotent: when everything already runs it only verifies and exits 0.
 # Missing system packages are installed with apt-get (needs root or sudo).

@@ -59,7 +59,10 @@ async fn document(server: &Server) -> Value {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert!(content_type.starts_with("application/json"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     response.json().await.expect("the document is JSON")
 }
 
@@ -68,7 +71,10 @@ async fn every_admin_and_customer_route_is_documented() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let doc = document(&server).await;
-    assert!(doc["openapi"].as_str().unwrap_or_default().starts_with("3."));
+    assert!(doc["openapi"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("3."));
 
     let routes = registered_routes();
     // The scan itself must see the routes (a changed attribute syntax would
@@ -109,14 +115,20 @@ async fn every_admin_and_customer_route_is_documented() {
             );
         }
     }
-    assert!(missing.is_empty(), "routes not in /openapi.json: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes not in /openapi.json: {missing:?}"
+    );
 
     // Tools address operations by id: no two may share one.
     let mut ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("path item") {
             let id = operation["operationId"].as_str().unwrap_or_default();
-            assert!(ids.insert(id.to_owned()), "{method} {path}: operationId `{id}` twice");
+            assert!(
+                ids.insert(id.to_owned()),
+                "{method} {path}: operationId `{id}` twice"
+            );
         }
     }
 
@@ -174,5 +186,60 @@ async fn actix_refusals_are_json_errors() {
         .await;
         assert_eq!(status, 404, "{path}");
         assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+}
+
+/// Found by schemathesis: `{"amount":"25.00","action":{}}` set a cap with
+/// the default action, and `{"amount":null,"action":"stop"}` removed the cap
+/// without a word about the action. Both are 422 now.
+#[tokio::test]
+async fn spend_cap_bodies_with_a_bad_action_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = client();
+    let created = http
+        .post(server.url("/admin/orgs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(r#"{"id":"acme","name":"Acme","tier":"pro","upstream":"127.0.0.1:5432"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    for body in [
+        r#"{"amount":"25.00","action":{}}"#,
+        r#"{"amount":null,"action":"stop"}"#,
+        r#"{"amount":null,"colour":"red"}"#,
+    ] {
+        let (status, answer) = status_and_body(
+            http.put(server.url("/admin/orgs/acme/spend-cap"))
+                .bearer_auth(ADMIN_TOKEN)
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_fields", "{body}");
+    }
+    let (_, org) = common::admin_get(&server, "/admin/orgs/acme").await;
+    assert_eq!(org["lifecycle"]["spend_cap"], Value::Null, "nothing was set");
+}
+
+/// Found by schemathesis: the ticks' optional body refused `null`.
+#[tokio::test]
+async fn tick_bodies_may_be_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    for path in ["/admin/lifecycle/tick", "/admin/scale-to-zero/tick"] {
+        let response = client()
+            .post(server.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body("null")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
     }
 }

@@ -306,7 +306,10 @@ pub struct UpdateOrgDoc {
     name: Option<String>,
     #[schema(nullable = false)]
     tier: Option<TierDoc>,
-    #[schema(nullable = false, pattern = "^[^:]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$")]
+    #[schema(
+        nullable = false,
+        pattern = "^[^:]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+    )]
     upstream: Option<String>,
     stripe_customer_id: Option<String>,
     stripe_subscription_id: Option<String>,
@@ -331,7 +334,10 @@ pub struct SetTierDoc {
 #[serde(deny_unknown_fields)]
 #[schema(as = NotificationUrlRequest, example = json!({"url": "https://hooks.example.com/dynabase"}))]
 pub struct NotificationUrlDoc {
-    #[schema(required = true, pattern = "^https?://[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,20}){0,3}(/[a-zA-Z0-9._~-]{0,20}){0,3}$")]
+    #[schema(
+        required = true,
+        pattern = "^https?://[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,20}){0,3}(/[a-zA-Z0-9._~-]{0,20}){0,3}$"
+    )]
     url: Option<String>,
 }
 

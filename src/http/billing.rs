@@ -37,8 +37,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     api_token,
     api_types::{
-        BillingModeDoc, BillingRecordDoc, CapReachedDoc, ChargeDoc, EnforcementDoc,
-        RunReportDoc, SpendCapDoc, SpendCapRequestDoc,
+        BillingModeDoc, BillingRecordDoc, CapReachedDoc, ChargeDoc, EnforcementDoc, RunReportDoc,
+        SpendCapDoc, SpendCapRequestDoc,
     },
     auth::AdminAuth,
     error::{ApiError, ErrorBody, FieldError},
@@ -585,7 +585,10 @@ mod tests {
             br#"{"amount":null,"action":"stop"}"#,
         ] {
             let Err(ApiError::InvalidFields(fields)) = parse_cap(body, "admin") else {
-                panic!("invalid fields expected for {}", String::from_utf8_lossy(body));
+                panic!(
+                    "invalid fields expected for {}",
+                    String::from_utf8_lossy(body)
+                );
             };
             assert_eq!(fields[0].field, "action");
         }

@@ -147,7 +147,10 @@ pub fn query_error(
     ApiError::MalformedQuery(err.to_string()).into()
 }
 
-pub fn path_error(err: actix_web::error::PathError, _: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
     // Path segments name resources: one that cannot be read names none.
     ApiError::NotFound(format!("no such resource: {err}")).into()
 }

@@ -16,9 +16,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{
-    billing, calibration, connections, health, lifecycle_admin, orgs, scale, usage,
-};
+use super::{billing, calibration, connections, health, lifecycle_admin, orgs, scale, usage};
 
 #[derive(OpenApi)]
 #[openapi(

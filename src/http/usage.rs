@@ -16,6 +16,7 @@
 use std::str::FromStr;
 
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use dynabase_actors::domain::compute::Phase;
 use dynabase_actors::{
     domain::{
         records::{Period, UsageAdjustment, Write},
@@ -25,7 +26,6 @@ use dynabase_actors::{
     usage_accumulator::UsageChanged,
     OrgId, UnixMillis,
 };
-use dynabase_actors::domain::compute::Phase;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
