@@ -223,7 +223,11 @@ async fn spend_cap_bodies_with_a_bad_action_are_refused() {
         assert_eq!(answer["error"]["code"], "invalid_fields", "{body}");
     }
     let (_, org) = common::admin_get(&server, "/admin/orgs/acme").await;
-    assert_eq!(org["lifecycle"]["spend_cap"], Value::Null, "nothing was set");
+    assert_eq!(
+        org["lifecycle"]["spend_cap"],
+        Value::Null,
+        "nothing was set"
+    );
 }
 
 /// Found by schemathesis: the ticks' optional body refused `null`.
