@@ -18,6 +18,8 @@
 #                      (default 12111; its HTTPS listener goes to a free loopback
 #                      port), v0.203.0 installed with `go install` once and cached
 #                      in .services/bin/stripe-mock. Exported as STRIPE_MOCK_URL.
+#   * Python venvs     – .services/browser (Selenium, the browser test) and
+#                      .services/schemathesis (the API check, scripts/schemathesis.sh).
 #
 # `start` is idempotent: when everything already runs it only verifies and exits 0.
 # Missing system packages are installed with apt-get (needs root or sudo).
@@ -933,10 +935,25 @@ ensure_browser_venv() {
     "$venv/bin/pip" install -q "selenium==$SELENIUM_VERSION" >&2 || die "pip install selenium failed"
 }
 
+# schemathesis for the API check of scripts/test.sh (scripts/schemathesis.sh),
+# in a venv of its own (pinned).
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis_venv() {
+    local venv="$SD/schemathesis"
+    if [[ -x "$venv/bin/schemathesis" ]] \
+        && [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" == *" $SCHEMATHESIS_VERSION" ]]; then
+        return 0
+    fi
+    log "API check venv: schemathesis $SCHEMATHESIS_VERSION"
+    python3 -m venv "$venv" || die "python3 -m venv failed"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "pip install schemathesis failed"
+}
+
 cmd_start() {
     with_lock
     ensure_packages
     ensure_browser_venv
+    ensure_schemathesis_venv
     pg_start
     redis_start
     mongo_start

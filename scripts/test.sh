@@ -2,8 +2,9 @@
 # Full local/CI test run for Dynabase:
 #   1. start backing services (PostgreSQL, Redis, MongoDB-wire) via scripts/services.sh
 #   2. cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
-#   3. the client matrix, tests/clients/run.sh (drivers in their own languages)
-#   4. each cargo-fuzz target for a short time, load-tests/fuzz.sh
+#   3. schemathesis against the debug binary's /openapi.json (scripts/schemathesis.sh)
+#   4. the client matrix, tests/clients/run.sh (drivers in their own languages)
+#   5. each cargo-fuzz target for a short time, load-tests/fuzz.sh
 # Extra arguments are passed to `cargo test` (e.g. scripts/test.sh -- --nocapture).
 # CI is passed through unchanged: tests treat CI=true as "missing service = failure".
 set -euo pipefail
@@ -50,6 +51,11 @@ command -v promtool >/dev/null 2>&1 || { echo "ERROR: promtool missing (scripts/
 
 step "cargo test --workspace $*"
 cargo test --workspace "$@"
+
+# The binary against its own OpenAPI document: no 5xx, every answer as
+# documented (docs/api.md).
+step "schemathesis: the API against /openapi.json"
+scripts/schemathesis.sh "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/dynabase"
 
 # Plain-TCP sessions of organizations without a QPS limit run on the proxy's
 # event loop, the rest on the async relay; most proxy tests use limited tiers,

@@ -31,12 +31,17 @@ use dynabase_actors::{
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     api_token,
+    api_types::{
+        BillingModeDoc, BillingRecordDoc, CapReachedDoc, ChargeDoc, EnforcementDoc, RunReportDoc,
+        SpendCapDoc, SpendCapRequestDoc,
+    },
     auth::AdminAuth,
-    error::{ApiError, FieldError},
+    error::{ApiError, ErrorBody, FieldError},
     orgs::{existing_org, org_id},
     HttpState,
 };
@@ -44,10 +49,73 @@ use super::{
 /// Spend-cap writes retried when the org changes under them.
 const CAS_ATTEMPTS: usize = 3;
 
-#[derive(Debug, Deserialize)]
-pub struct RunQuery {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewQuery {
+    /// `YYYY-MM` (required).
+    #[param(required = true, pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunQuery {
+    /// `YYYY-MM` (required): a closed period.
+    #[param(required = true, pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
+    period: Option<String>,
+    /// Unix milliseconds to bill at; in the future only with
+    /// `lifecycle.allow_clock_override`.
     now: Option<i64>,
+}
+
+/// What the billing job would charge, computed now.
+#[derive(Serialize, ToSchema)]
+pub struct BillingPreview {
+    #[schema(value_type = String)]
+    period: Period,
+    #[schema(value_type = BillingModeDoc)]
+    mode: BillingMode,
+    /// Set in shadow mode.
+    #[schema(value_type = Option<String>)]
+    note: Option<&'static str>,
+    /// How many orgs have a charge.
+    orgs: usize,
+    /// Decimal string: Σ of the charges that would be pushed.
+    #[schema(value_type = String)]
+    total_amount: Decimal,
+    currency: String,
+    /// Per org: `org`, `customer_id`, `subscription_id`, `charge`, `skip`.
+    #[schema(value_type = Vec<Object>)]
+    charges: Vec<dynabase_actors::billing::plan::OrgCharge>,
+}
+
+/// An organization's billing records.
+#[derive(Serialize, ToSchema)]
+pub struct OrgBillingRecords {
+    #[schema(value_type = String)]
+    org: OrgId,
+    #[schema(value_type = Vec<BillingRecordDoc>)]
+    records: Vec<dynabase_actors::domain::billing_record::BillingRecord>,
+}
+
+/// The run-time switches in force.
+#[derive(Serialize, ToSchema)]
+pub struct Modes {
+    #[schema(value_type = BillingModeDoc)]
+    billing: BillingMode,
+    #[schema(value_type = EnforcementDoc)]
+    enforcement: Enforcement,
+}
+
+/// An organization's spend cap after a change.
+#[derive(Serialize, ToSchema)]
+pub struct CapView {
+    #[schema(value_type = String)]
+    org: OrgId,
+    #[schema(value_type = Option<SpendCapDoc>)]
+    spend_cap: Option<SpendCap>,
+    #[schema(value_type = Option<CapReachedDoc>)]
+    cap_reached: Option<dynabase_actors::domain::spend::CapReached>,
 }
 
 fn required_period(raw: Option<&str>) -> Result<Period, ApiError> {
@@ -67,11 +135,23 @@ impl From<BillingJobError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    tag = "billing",
+    security(("admin_token" = [])),
+    params(PreviewQuery),
+    responses(
+        (status = 200, description = "Every org's charge for the period; nothing written", body = BillingPreview),
+        (status = 400, description = "Unreadable query string", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 422, description = "Missing or invalid period", body = ErrorBody),
+        (status = 503, description = "Store or billing job unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/billing/preview")]
 pub async fn preview(
     _: AdminAuth,
     state: web::Data<HttpState>,
-    query: web::Query<RunQuery>,
+    query: web::Query<PreviewQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let period = required_period(query.period.as_deref())?;
     let plan = state
@@ -82,18 +162,32 @@ pub async fn preview(
         .map_err(|_| ApiError::Unavailable("the billing job"))??;
     let total = plan.total_amount();
     let mode = current_mode(state.store.as_ref(), &state.billing).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "period": plan.period,
-        "mode": mode,
-        "note": (mode == BillingMode::Shadow).then_some(
-            "billing is in shadow mode: a run records these charges and sends nothing to Stripe"),
-        "orgs": plan.charges.len(),
-        "total_amount": total,
-        "currency": state.billing.currency,
-        "charges": plan.charges,
-    })))
+    Ok(HttpResponse::Ok().json(BillingPreview {
+        period: plan.period,
+        mode,
+        note: (mode == BillingMode::Shadow).then_some(
+            "billing is in shadow mode: a run records these charges and sends nothing to Stripe",
+        ),
+        orgs: plan.charges.len(),
+        total_amount: total,
+        currency: state.billing.currency.clone(),
+        charges: plan.charges,
+    }))
 }
 
+#[utoipa::path(
+    tag = "billing",
+    security(("admin_token" = [])),
+    params(RunQuery),
+    responses(
+        (status = 200, description = "What the run did", body = RunReportDoc),
+        (status = 400, description = "Unreadable query string", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 409, description = "The period is not closed yet", body = ErrorBody),
+        (status = 422, description = "Missing or invalid period, or `now` in the future", body = ErrorBody),
+        (status = 503, description = "Store or billing job unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/billing/run")]
 pub async fn run(
     _: AdminAuth,
@@ -111,6 +205,17 @@ pub async fn run(
     Ok(HttpResponse::Ok().json(report))
 }
 
+#[utoipa::path(
+    tag = "billing",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    responses(
+        (status = 200, description = "The org's billing records", body = OrgBillingRecords),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/orgs/{id}/billing")]
 pub async fn org_records(
     _: AdminAuth,
@@ -119,23 +224,44 @@ pub async fn org_records(
 ) -> Result<HttpResponse, ApiError> {
     let org = existing_org(&state, &path).await?;
     let records = state.store.billing_records_for_org(&org).await?;
-    Ok(HttpResponse::Ok().json(json!({ "org": org, "records": records })))
+    Ok(HttpResponse::Ok().json(OrgBillingRecords { org, records }))
 }
 
 /// `GET /admin/modes`: the run-time switches in force.
+#[utoipa::path(
+    tag = "billing",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The switches in force", body = Modes),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/modes")]
 pub async fn modes(_: AdminAuth, state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
     let billing = current_mode(state.store.as_ref(), &state.billing).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "billing": billing,
-        "enforcement": state.enforcement.get(),
-    })))
+    Ok(HttpResponse::Ok().json(Modes {
+        billing,
+        enforcement: state.enforcement.get(),
+    }))
 }
 
 /// `PUT /admin/modes` `{"billing":"live"|"shadow",
 /// "enforcement":"enforce"|"shadow"}` (either or both): every replica
 /// follows without a restart — the next billing run, and live sessions'
 /// next connection or query cycle.
+#[utoipa::path(
+    tag = "billing",
+    security(("admin_token" = [])),
+    request_body = crate::http::api_types::ModesRequestDoc,
+    responses(
+        (status = 200, description = "The switches now in force", body = Modes),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[put("/admin/modes")]
 pub async fn set_modes(
     _: AdminAuth,
@@ -188,30 +314,41 @@ pub async fn set_modes(
         state.enforcement.set(mode);
         tracing::info!(target: "audit", mode = mode.as_str(), "limits enforcement set");
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "billing": current_mode(state.store.as_ref(), &state.billing).await?,
-        "enforcement": state.enforcement.get(),
-    })))
+    Ok(HttpResponse::Ok().json(Modes {
+        billing: current_mode(state.store.as_ref(), &state.billing).await?,
+        enforcement: state.enforcement.get(),
+    }))
 }
 
 /// What billing makes of one org's period, for the usage report.
-#[derive(Debug, Serialize)]
-pub(super) struct BillingView {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BillingView {
     /// The charge as the billing job computes it (for an open period: on
     /// the usage so far).
+    #[schema(value_type = ChargeDoc)]
     charge: Charge,
     /// The period's billing record, once the job has run.
     record: Option<RecordView>,
+    /// FREE's overage policy: `{"state": …}` and the times that go with it.
+    #[schema(value_type = Object)]
     free_overage: FreeOverageStatus,
+    #[schema(value_type = Option<SpendCapDoc>)]
     spend_cap: Option<SpendCap>,
     spend_cap_reached: bool,
     upgrade_url: String,
 }
 
-#[derive(Debug, Serialize)]
-struct RecordView {
+/// The period's billing record, as the usage report shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordView {
+    /// `computed`, `pushed`, `confirmed`, `skipped` or `failed`.
+    #[schema(value_type = String)]
     state: BillingState,
+    /// Decimal string.
+    #[schema(value_type = String)]
     amount: Decimal,
+    /// Why nothing is charged, when so.
+    #[schema(value_type = Option<String>)]
     skip: Option<SkipReason>,
     provider_item_id: Option<String>,
     provider_invoice_id: Option<String>,
@@ -273,10 +410,12 @@ fn parse_cap(body: &[u8], set_by: &str) -> Result<Option<SpendCap>, ApiError> {
         .filter(|k| !["amount", "action"].contains(&k.as_str()))
         .map(|k| FieldError::new(k, "unknown field"))
         .collect();
+    // `Some(None)`: remove the cap; checked with the other fields, so an
+    // unknown field or a bad action is reported even then.
     let amount = match map.get("amount") {
-        Some(Value::Null) => return Ok(None),
+        Some(Value::Null) => Some(None),
         Some(Value::String(s)) => match Decimal::from_str(s) {
-            Ok(d) if d > Decimal::ZERO && d.scale() <= 2 => Some(d),
+            Ok(d) if d > Decimal::ZERO && d.scale() <= 2 => Some(Some(d)),
             _ => None,
         },
         _ => None,
@@ -287,10 +426,12 @@ fn parse_cap(body: &[u8], set_by: &str) -> Result<Option<SpendCap>, ApiError> {
             "must be a positive decimal string with at most two decimals, e.g. \"25.00\", or null to remove the cap",
         ));
     }
-    let action = match map.get("action").and_then(Value::as_str) {
+    let action = match map.get("action") {
         None => Some(CapAction::Refuse),
-        Some("refuse") => Some(CapAction::Refuse),
-        Some("throttle") => Some(CapAction::Throttle),
+        Some(Value::String(s)) if s == "refuse" => Some(CapAction::Refuse),
+        Some(Value::String(s)) if s == "throttle" => Some(CapAction::Throttle),
+        // Anything else (another string, an object, null) is refused rather
+        // than read as the default.
         Some(_) => {
             errors.push(FieldError::new(
                 "action",
@@ -300,7 +441,8 @@ fn parse_cap(body: &[u8], set_by: &str) -> Result<Option<SpendCap>, ApiError> {
         }
     };
     match (amount, action) {
-        (Some(amount), Some(action)) if errors.is_empty() => Ok(Some(SpendCap {
+        (Some(None), Some(_)) if errors.is_empty() => Ok(None),
+        (Some(Some(amount)), Some(action)) if errors.is_empty() => Ok(Some(SpendCap {
             amount,
             action,
             set_by: set_by.to_owned(),
@@ -343,14 +485,29 @@ async fn set_cap(
     )))
 }
 
-fn cap_view(org: &Organization) -> Value {
-    json!({
-        "org": org.id,
-        "spend_cap": org.lifecycle.spend_cap,
-        "cap_reached": org.lifecycle.cap_reached,
-    })
+fn cap_view(org: &Organization) -> CapView {
+    CapView {
+        org: org.id.clone(),
+        spend_cap: org.lifecycle.spend_cap.clone(),
+        cap_reached: org.lifecycle.cap_reached.clone(),
+    }
 }
 
+#[utoipa::path(
+    tag = "billing",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    request_body = SpendCapRequestDoc,
+    responses(
+        (status = 200, description = "The cap in force", body = CapView),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 409, description = "Changed concurrently; try again", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[put("/admin/orgs/{id}/spend-cap")]
 pub async fn admin_set_cap(
     _: AdminAuth,
@@ -364,6 +521,20 @@ pub async fn admin_set_cap(
     Ok(HttpResponse::Ok().json(cap_view(&updated)))
 }
 
+#[utoipa::path(
+    tag = "customer",
+    security(("org_token" = [])),
+    request_body = SpendCapRequestDoc,
+    responses(
+        (status = 200, description = "The cap in force", body = CapView),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong org API token", body = ErrorBody),
+        (status = 409, description = "Changed concurrently; try again", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 429, description = "Over the tier's request rate; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[put("/v1/spend-cap")]
 pub async fn customer_set_cap(
     req: HttpRequest,
@@ -388,6 +559,10 @@ mod tests {
         assert_eq!(cap.amount, Decimal::from_str("25.50").unwrap());
         assert_eq!(cap.action, CapAction::Throttle);
         assert_eq!(parse_cap(br#"{"amount":null}"#, "admin").unwrap(), None);
+        assert!(matches!(
+            parse_cap(br#"{"amount":null,"colour":1}"#, "admin"),
+            Err(ApiError::InvalidFields(_))
+        ));
         let Err(ApiError::InvalidFields(fields)) =
             parse_cap(br#"{"amount":"0.001","action":"stop","x":1}"#, "admin")
         else {
@@ -399,5 +574,23 @@ mod tests {
             parse_cap(b"[1]", "admin"),
             Err(ApiError::MalformedBody(_))
         ));
+    }
+
+    #[test]
+    fn an_action_that_is_not_a_string_is_refused_not_defaulted() {
+        for body in [
+            br#"{"amount":"25.00","action":{}}"#.as_slice(),
+            br#"{"amount":"25.00","action":null}"#,
+            br#"{"amount":"25.00","action":1}"#,
+            br#"{"amount":null,"action":"stop"}"#,
+        ] {
+            let Err(ApiError::InvalidFields(fields)) = parse_cap(body, "admin") else {
+                panic!(
+                    "invalid fields expected for {}",
+                    String::from_utf8_lossy(body)
+                );
+            };
+            assert_eq!(fields[0].field, "action");
+        }
     }
 }

@@ -18,8 +18,9 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 
 use super::{
+    api_types::{CalibrateDoc, CalibrationDoc, MarginReportDoc},
     auth::AdminAuth,
-    error::{ApiError, FieldError},
+    error::{ApiError, ErrorBody, FieldError},
     HttpState,
 };
 
@@ -48,6 +49,18 @@ fn decimal_field(
     }
 }
 
+#[utoipa::path(
+    tag = "calibration",
+    security(("admin_token" = [])),
+    request_body = CalibrateDoc,
+    responses(
+        (status = 201, description = "The period's calibration (replaces any earlier one)", body = CalibrationDoc),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Store or calibrator unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/calibrations")]
 pub async fn calibrate(
     _: AdminAuth,
@@ -99,11 +112,34 @@ pub async fn calibrate(
     Ok(HttpResponse::Created().json(record))
 }
 
+#[utoipa::path(
+    operation_id = "list_calibrations",
+    tag = "calibration",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every calibration", body = Vec<CalibrationDoc>),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/calibrations")]
 pub async fn list(_: AdminAuth, state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.store.calibrations().await?))
 }
 
+#[utoipa::path(
+    operation_id = "show_calibration",
+    tag = "calibration",
+    security(("admin_token" = [])),
+    params(("period" = String, Path, description = "`YYYY-MM`", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")),
+    responses(
+        (status = 200, description = "The period's calibration", body = CalibrationDoc),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No calibration for the period", body = ErrorBody),
+        (status = 422, description = "Invalid period", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/calibrations/{period}")]
 pub async fn show(
     _: AdminAuth,
@@ -122,11 +158,26 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(found))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PeriodQuery {
+    /// `YYYY-MM` (required).
+    #[param(required = true, pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: Option<String>,
 }
 
+#[utoipa::path(
+    tag = "calibration",
+    security(("admin_token" = [])),
+    params(PeriodQuery),
+    responses(
+        (status = 200, description = "Revenue against cost per tier", body = MarginReportDoc),
+        (status = 400, description = "Unreadable query string", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 422, description = "Missing or invalid period", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/reports/margin")]
 pub async fn margin(
     _: AdminAuth,

@@ -6,9 +6,10 @@
 use actix_web::{http::StatusCode, HttpResponse, ResponseError};
 use dynabase_actors::StoreError;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// A problem with one field of a request body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -33,6 +34,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body is not valid JSON: {0}")]
     MalformedBody(String),
+    #[error("query string is invalid: {0}")]
+    MalformedQuery(String),
     #[error("request body has invalid fields")]
     InvalidFields(Vec<FieldError>),
     #[error("{0} is unavailable; try again shortly")]
@@ -44,29 +47,48 @@ pub enum ApiError {
     },
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// Every error answer: `{"error":{"code","message","fields"?}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'static str,
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    code: ErrorCode,
+    /// For people; may change wording between releases.
     message: String,
-    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
-    fields: &'a [FieldError],
+    /// Only with `invalid_fields`: every bad field of the request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(nullable = false)]
+    fields: Vec<FieldError>,
+}
+
+/// What went wrong, for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    NotFound,
+    Conflict,
+    MalformedBody,
+    MalformedQuery,
+    InvalidFields,
+    Unavailable,
+    RateLimited,
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::MalformedBody(_) => "malformed_body",
-            ApiError::InvalidFields(_) => "invalid_fields",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::MalformedBody(_) => ErrorCode::MalformedBody,
+            ApiError::MalformedQuery(_) => ErrorCode::MalformedQuery,
+            ApiError::InvalidFields(_) => ErrorCode::InvalidFields,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
         }
     }
 }
@@ -77,7 +99,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedBody(_) | ApiError::MalformedQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidFields(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -86,8 +108,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let fields = match self {
-            ApiError::InvalidFields(f) => f.as_slice(),
-            _ => &[],
+            ApiError::InvalidFields(f) => f.clone(),
+            _ => Vec::new(),
         };
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
@@ -99,8 +121,8 @@ impl ResponseError for ApiError {
                 super::customer_limits::retry_after_header(*retry_after),
             ));
         }
-        response.json(Body {
-            error: Detail {
+        response.json(ErrorBody {
+            error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
                 fields,
@@ -114,6 +136,35 @@ impl ApiError {
     pub fn org_not_found(id: impl std::fmt::Display) -> Self {
         ApiError::NotFound(format!("organization `{id}` not found"))
     }
+}
+
+/// actix-web's own extractor failures (a query string, a path segment or a
+/// JSON body it could not read), as JSON errors like every other.
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::MalformedQuery(err.to_string()).into()
+}
+
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    // Path segments name resources: one that cannot be read names none.
+    ApiError::NotFound(format!("no such resource: {err}")).into()
+}
+
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::MalformedBody(err.to_string()).into()
+}
+
+/// Routes that do not exist (or not with this method).
+pub async fn no_route() -> HttpResponse {
+    ApiError::NotFound("no such route".to_owned()).error_response()
 }
 
 impl From<StoreError> for ApiError {

@@ -16,14 +16,38 @@ use dynabase_actors::{
     webhook_handler::job_id,
     OrgId, Organization, Tier, UnixMillis,
 };
+use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::{
+    api_types::{
+        LifecycleTickDoc, NotificationDoc, NotificationUrlDoc, OrganizationDoc, SetTierDoc,
+        TickDoc, TierChangeDoc,
+    },
     auth::AdminAuth,
-    error::{ApiError, FieldError},
+    error::{ApiError, ErrorBody, FieldError},
     orgs::{existing_org, org_id},
     HttpState,
 };
+
+/// How a Stripe event was handled.
+#[derive(Serialize, ToSchema)]
+pub struct StripeEventView {
+    id: String,
+    /// `pending`, `done`, `ignored` or `dead`.
+    #[schema(value_type = String)]
+    status: dynabase_actors::domain::jobs::JobStatus,
+    note: Option<String>,
+    attempts: u32,
+    /// Unix milliseconds.
+    #[schema(value_type = i64)]
+    received_at: UnixMillis,
+    #[schema(value_type = i64)]
+    updated_at: UnixMillis,
+    #[schema(value_type = i64)]
+    next_attempt_at: UnixMillis,
+}
 
 impl From<ChangeError> for ApiError {
     fn from(e: ChangeError) -> Self {
@@ -48,8 +72,12 @@ fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError>
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
     };
-    let Value::Object(map) = value else {
-        return Err(ApiError::MalformedBody("expected a JSON object".into()));
+    let map = match value {
+        Value::Object(map) => map,
+        // `null` is read as `{}`: a route's required fields are then
+        // reported as missing (optional bodies such as a tick's accept it).
+        Value::Null => Map::new(),
+        _ => return Err(ApiError::MalformedBody("expected a JSON object".into())),
     };
     let unknown: Vec<FieldError> = map
         .keys()
@@ -63,6 +91,21 @@ fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError>
     }
 }
 
+#[utoipa::path(
+    tag = "lifecycle",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    request_body = SetTierDoc,
+    responses(
+        (status = 200, description = "The organization on its new tier", body = OrganizationDoc),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 409, description = "Changed concurrently; try again", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[put("/admin/orgs/{id}/tier")]
 pub async fn set_tier(
     _: AdminAuth,
@@ -128,6 +171,17 @@ pub(super) async fn change_tier_now(
     Ok(org)
 }
 
+#[utoipa::path(
+    tag = "lifecycle",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    responses(
+        (status = 200, description = "The tier audit log, oldest first", body = Vec<TierChangeDoc>),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/orgs/{id}/tier-history")]
 pub async fn tier_history(
     _: AdminAuth,
@@ -138,6 +192,17 @@ pub async fn tier_history(
     Ok(HttpResponse::Ok().json(state.store.tier_history(&id).await?))
 }
 
+#[utoipa::path(
+    tag = "lifecycle",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    responses(
+        (status = 200, description = "Notifications recorded for the organization", body = Vec<NotificationDoc>),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/orgs/{id}/notifications")]
 pub async fn notifications(
     _: AdminAuth,
@@ -148,6 +213,21 @@ pub async fn notifications(
     Ok(HttpResponse::Ok().json(state.store.notifications_for_org(&id).await?))
 }
 
+#[utoipa::path(
+    tag = "lifecycle",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    request_body = NotificationUrlDoc,
+    responses(
+        (status = 200, description = "The organization", body = OrganizationDoc),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 409, description = "Changed concurrently; try again", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[put("/admin/orgs/{id}/notification-url")]
 pub async fn set_notification_url(
     _: AdminAuth,
@@ -183,6 +263,17 @@ pub async fn set_notification_url(
     Ok(HttpResponse::Ok().json(org))
 }
 
+#[utoipa::path(
+    tag = "lifecycle",
+    security(("admin_token" = [])),
+    params(("event_id" = String, Path, description = "Stripe event id")),
+    responses(
+        (status = 200, description = "How the event was handled", body = StripeEventView),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Event not received", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/stripe/events/{event_id}")]
 pub async fn stripe_event(
     _: AdminAuth,
@@ -194,17 +285,30 @@ pub async fn stripe_event(
         .get_job(&job_id(&path))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Stripe event `{path}` not received")))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "id": path.as_str(),
-        "status": job.status,
-        "note": job.note,
-        "attempts": job.attempts,
-        "received_at": job.created_at,
-        "updated_at": job.updated_at,
-        "next_attempt_at": job.next_attempt_at,
-    })))
+    Ok(HttpResponse::Ok().json(StripeEventView {
+        id: path.into_inner(),
+        status: job.status,
+        note: job.note,
+        attempts: job.attempts,
+        received_at: job.created_at,
+        updated_at: job.updated_at,
+        next_attempt_at: job.next_attempt_at,
+    }))
 }
 
+#[utoipa::path(
+    operation_id = "lifecycle_tick",
+    tag = "lifecycle",
+    security(("admin_token" = [])),
+    request_body(content = Option<TickDoc>, description = "Optional; empty body: now"),
+    responses(
+        (status = 200, description = "What the tick did", body = LifecycleTickDoc),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 422, description = "Invalid fields, or `now` in the future", body = ErrorBody),
+        (status = 503, description = "Scheduler unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/lifecycle/tick")]
 pub async fn tick(
     _: AdminAuth,

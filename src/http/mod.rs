@@ -5,6 +5,7 @@
 //! policy of their own.
 
 mod api_token;
+pub(crate) mod api_types;
 mod auth;
 mod billing;
 mod calibration;
@@ -14,6 +15,7 @@ mod dashboard;
 pub mod error;
 mod health;
 mod lifecycle_admin;
+pub mod openapi;
 mod org_body;
 mod orgs;
 mod scale;
@@ -100,6 +102,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health::health)
         .service(health::ready)
         .service(health::metrics)
+        .service(openapi::document)
         .service(orgs::create)
         .service(orgs::list)
         .service(orgs::show)
@@ -155,7 +158,13 @@ pub fn serve(
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(64 * 1024))
+            // actix-web's own extractor errors answer in the API's JSON
+            // error format (the OpenAPI document promises it).
+            .app_data(web::QueryConfig::default().error_handler(error::query_error))
+            .app_data(web::PathConfig::default().error_handler(error::path_error))
+            .app_data(web::JsonConfig::default().error_handler(error::json_error))
             .configure(routes)
+            .default_service(web::to(error::no_route))
     })
     .workers(2)
     .disable_signals()

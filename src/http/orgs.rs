@@ -3,7 +3,11 @@
 use actix_web::{get, patch, post, web, HttpResponse};
 use dynabase_actors::{OrgId, UnixMillis};
 
-use super::{auth::AdminAuth, error::ApiError, lifecycle_admin, org_body, HttpState};
+use super::{
+    auth::AdminAuth,
+    error::{ApiError, ErrorBody},
+    lifecycle_admin, org_body, HttpState,
+};
 use crate::org_admin;
 
 pub(super) fn org_id(raw: &str) -> Result<OrgId, ApiError> {
@@ -20,6 +24,20 @@ pub(super) async fn existing_org(state: &HttpState, raw: &str) -> Result<OrgId, 
     Ok(id)
 }
 
+#[utoipa::path(
+    operation_id = "create_org",
+    tag = "organizations",
+    security(("admin_token" = [])),
+    request_body = crate::http::api_types::CreateOrgDoc,
+    responses(
+        (status = 201, description = "Created", body = crate::http::api_types::OrganizationDoc),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 409, description = "The id exists already", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/orgs")]
 pub async fn create(
     _: AdminAuth,
@@ -36,11 +54,33 @@ pub async fn create(
         .json(org))
 }
 
+#[utoipa::path(
+    operation_id = "list_orgs",
+    tag = "organizations",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every organization", body = Vec<crate::http::api_types::OrganizationDoc>),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/orgs")]
 pub async fn list(_: AdminAuth, state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.store.list_orgs().await?))
 }
 
+#[utoipa::path(
+    operation_id = "show_org",
+    tag = "organizations",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    responses(
+        (status = 200, description = "The organization", body = crate::http::api_types::OrganizationDoc),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/orgs/{id}")]
 pub async fn show(
     _: AdminAuth,
@@ -56,6 +96,22 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(org))
 }
 
+#[utoipa::path(
+    operation_id = "update_org",
+    tag = "organizations",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    request_body = crate::http::api_types::UpdateOrgDoc,
+    responses(
+        (status = 200, description = "The updated organization", body = crate::http::api_types::OrganizationDoc),
+        (status = 400, description = "Body is not a JSON object", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 409, description = "Changed concurrently; try again", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[patch("/admin/orgs/{id}")]
 pub async fn update(
     _: AdminAuth,

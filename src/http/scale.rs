@@ -16,13 +16,14 @@ use dynabase_actors::{
     scale_to_zero::ControlError,
     OrgId, Organization, UnixMillis,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     api_token,
+    api_types::{ComputeSpecDoc, PhaseDoc, ScaleTickDoc, TickDoc},
     auth::AdminAuth,
-    error::{ApiError, FieldError},
+    error::{ApiError, ErrorBody, FieldError},
     orgs::org_id,
     HttpState,
 };
@@ -48,24 +49,49 @@ impl From<ControlError> for ApiError {
     }
 }
 
-/// What the API shows of an org's compute section. `last_error` (driver
-/// output) only to operators.
-fn view(org: &Organization, admin: bool) -> Value {
+/// What the API shows of an org's compute section. `spec` and
+/// `last_error` (driver output) only to operators.
+#[derive(Serialize, ToSchema)]
+pub struct ComputeView {
+    #[schema(value_type = String)]
+    org: OrgId,
+    /// `always_on`, `local` or `command`.
+    #[schema(value_type = String)]
+    driver: &'static str,
+    #[schema(value_type = PhaseDoc)]
+    state: Phase,
+    /// Unix milliseconds when `state` was entered.
+    #[schema(value_type = i64)]
+    since: UnixMillis,
+    cold_starts: u64,
+    last_wake_ms: Option<u64>,
+    /// Unix milliseconds: now if active, else after a wake as long as the
+    /// last one.
+    #[schema(value_type = i64)]
+    expected_ready_at: UnixMillis,
+    /// Operators only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = ComputeSpecDoc, required = false)]
+    spec: Option<ComputeSpec>,
+    /// Operators only: the last driver failure, kept until the next success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, required = false)]
+    last_error: Option<Option<String>>,
+}
+
+fn view(org: &Organization, admin: bool) -> ComputeView {
     let c = &org.compute;
-    let mut v = json!({
-        "org": org.id,
-        "driver": c.spec.driver_name(),
-        "state": c.state.phase,
-        "since": c.state.since,
-        "cold_starts": c.state.cold_starts,
-        "last_wake_ms": c.state.last_wake_ms,
-        "expected_ready_at": expected_ready_at(&c.state, UnixMillis::now()),
-    });
-    if admin {
-        v["spec"] = json!(c.spec);
-        v["last_error"] = json!(c.state.last_error);
+    ComputeView {
+        org: org.id.clone(),
+        driver: c.spec.driver_name(),
+        state: c.state.phase,
+        since: c.state.since,
+        cold_starts: c.state.cold_starts,
+        last_wake_ms: c.state.last_wake_ms,
+        expected_ready_at: expected_ready_at(&c.state, UnixMillis::now()),
+        spec: admin.then(|| c.spec.clone()),
+        last_error: admin.then(|| c.state.last_error.clone()),
     }
-    v
 }
 
 /// When a connection can expect the database: now if active, else after
@@ -92,6 +118,21 @@ fn parse_spec(body: &[u8]) -> Result<ComputeSpec, ApiError> {
     Ok(spec)
 }
 
+#[utoipa::path(
+    tag = "scale-to-zero",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    request_body = ComputeSpecDoc,
+    responses(
+        (status = 200, description = "The compute section", body = ComputeView),
+        (status = 400, description = "Body is not a known driver's JSON", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 409, description = "Suspending or waking, or changed concurrently", body = ErrorBody),
+        (status = 422, description = "Invalid driver settings", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[put("/admin/orgs/{id}/compute")]
 pub async fn set_compute(
     _: AdminAuth,
@@ -142,6 +183,17 @@ pub async fn set_compute(
     )))
 }
 
+#[utoipa::path(
+    tag = "scale-to-zero",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    responses(
+        (status = 200, description = "The compute section", body = ComputeView),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/orgs/{id}/compute")]
 pub async fn show_compute(
     _: AdminAuth,
@@ -157,6 +209,18 @@ pub async fn show_compute(
     Ok(HttpResponse::Ok().json(view(&org, true)))
 }
 
+#[utoipa::path(
+    tag = "scale-to-zero",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    responses(
+        (status = 200, description = "Suspended", body = ComputeView),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 409, description = "Always on, or waking", body = ErrorBody),
+        (status = 503, description = "Store or compute driver unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/orgs/{id}/suspend")]
 pub async fn suspend(
     _: AdminAuth,
@@ -175,10 +239,23 @@ async fn wake(state: &HttpState, id: &OrgId, admin: bool) -> Result<HttpResponse
     }
     state.scale.start_wake(id);
     let mut body = view(&org, admin);
-    body["state"] = json!(Phase::Waking);
+    body.state = Phase::Waking;
     Ok(HttpResponse::Accepted().json(body))
 }
 
+#[utoipa::path(
+    tag = "scale-to-zero",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    responses(
+        (status = 200, description = "Already active", body = ComputeView),
+        (status = 202, description = "Waking; see `expected_ready_at`", body = ComputeView),
+        (status = 409, description = "The always_on driver: nothing to wake", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/orgs/{id}/wake")]
 pub async fn admin_wake(
     _: AdminAuth,
@@ -189,6 +266,18 @@ pub async fn admin_wake(
     wake(&state, &id, true).await
 }
 
+#[utoipa::path(
+    tag = "customer",
+    security(("org_token" = [])),
+    responses(
+        (status = 200, description = "Already active", body = ComputeView),
+        (status = 202, description = "Waking; see `expected_ready_at`", body = ComputeView),
+        (status = 409, description = "The always_on driver: nothing to wake", body = ErrorBody),
+        (status = 401, description = "No or wrong org API token", body = ErrorBody),
+        (status = 429, description = "Over the tier's request rate; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[post("/v1/wake")]
 pub async fn customer_wake(
     req: HttpRequest,
@@ -204,16 +293,32 @@ pub struct TickBody {
     now: Option<i64>,
 }
 
+#[utoipa::path(
+    operation_id = "scale_to_zero_tick",
+    tag = "scale-to-zero",
+    security(("admin_token" = [])),
+    request_body(content = Option<TickDoc>, description = "Optional; empty body: now"),
+    responses(
+        (status = 200, description = "What the idle check did", body = ScaleTickDoc),
+        (status = 400, description = "Body is not a JSON object of known fields", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 422, description = "`now` in the future", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/scale-to-zero/tick")]
 pub async fn tick(
     _: AdminAuth,
     state: web::Data<HttpState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // Empty and `null` both mean "no settings".
     let body: TickBody = if body.is_empty() {
         TickBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
+        serde_json::from_slice::<Option<TickBody>>(&body)
+            .map_err(|e| ApiError::MalformedBody(e.to_string()))?
+            .unwrap_or_default()
     };
     let now = state.lifecycle.now(body.now.map(UnixMillis))?;
     let report = state.scale.tick(now, &state.sessions.orgs()).await?;

@@ -16,6 +16,7 @@
 use std::str::FromStr;
 
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use dynabase_actors::domain::compute::Phase;
 use dynabase_actors::{
     domain::{
         records::{Period, UsageAdjustment, Write},
@@ -27,19 +28,23 @@ use dynabase_actors::{
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     api_token,
+    api_types::{EnforcementDoc, PhaseDoc, UsageAdjustmentDoc, UsageReportDoc},
     auth::AdminAuth,
     billing::{billing_view, BillingView},
-    error::{ApiError, FieldError},
+    error::{ApiError, ErrorBody, FieldError},
     orgs::org_id,
     HttpState,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PeriodQuery {
+    /// `YYYY-MM`; absent: the current period.
+    #[param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
     period: Option<String>,
 }
 
@@ -53,25 +58,64 @@ fn period(raw: Option<&str>, now: UnixMillis) -> Result<Period, ApiError> {
 }
 
 /// The usage report and, beside it, what billing makes of the period.
-#[derive(Debug, Serialize)]
-struct Report {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Report {
     #[serde(flatten)]
+    #[schema(value_type = UsageReportDoc)]
     usage: UsageReport,
     billing: BillingView,
     /// Scale-to-zero: state and cold starts (all time).
-    scale_to_zero: serde_json::Value,
+    scale_to_zero: ScaleSummary,
     /// What enforcement would have refused while in shadow.
     would_have_refused: WouldHaveRefused,
 }
 
+/// The org's scale-to-zero state in the usage report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScaleSummary {
+    /// `always_on`, `local` or `command`.
+    #[schema(value_type = String)]
+    driver: &'static str,
+    /// Whether the idle check may stop this database.
+    eligible: bool,
+    #[schema(value_type = PhaseDoc)]
+    state: Phase,
+    /// Completed wakes, all time.
+    cold_starts: u64,
+    /// Driver time of the last completed wake.
+    last_wake_ms: Option<u64>,
+}
+
 /// Shadow enforcement's counts for the org, from this replica's tenant
 /// actor (since it started).
-#[derive(Debug, Serialize)]
-struct WouldHaveRefused {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WouldHaveRefused {
+    #[schema(value_type = EnforcementDoc)]
     enforcement: Enforcement,
     connections: u64,
     query_cycles: u64,
+    #[schema(value_type = String)]
     scope: &'static str,
+}
+
+/// A newly issued API token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedToken {
+    #[schema(value_type = String)]
+    org: OrgId,
+    /// `dyn_<org>_<64 hex digits>`; shown once.
+    token: String,
+    #[schema(value_type = String)]
+    note: &'static str,
+}
+
+/// A retried adjustment (same `key`): recorded once, not again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlreadyApplied {
+    key: String,
+    /// Always `already_applied`.
+    #[schema(value_type = String)]
+    status: &'static str,
 }
 
 async fn would_have_refused(state: &HttpState, org: &OrgId) -> WouldHaveRefused {
@@ -130,16 +174,29 @@ async fn report(state: &HttpState, org: &OrgId, period: Period) -> Result<Report
             now,
         }),
         billing,
-        scale_to_zero: serde_json::json!({
-            "driver": organization.compute.spec.driver_name(),
-            "eligible": state.scale.eligible(&organization),
-            "state": organization.compute.state.phase,
-            "cold_starts": organization.compute.state.cold_starts,
-            "last_wake_ms": organization.compute.state.last_wake_ms,
-        }),
+        scale_to_zero: ScaleSummary {
+            driver: organization.compute.spec.driver_name(),
+            eligible: state.scale.eligible(&organization),
+            state: organization.compute.state.phase,
+            cold_starts: organization.compute.state.cold_starts,
+            last_wake_ms: organization.compute.state.last_wake_ms,
+        },
     })
 }
 
+#[utoipa::path(
+    tag = "usage",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme"), PeriodQuery),
+    responses(
+        (status = 200, description = "The usage report", body = Report),
+        (status = 400, description = "Unreadable query string", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 422, description = "Invalid period", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/admin/orgs/{id}/usage")]
 pub async fn admin_report(
     _: AdminAuth,
@@ -152,6 +209,19 @@ pub async fn admin_report(
     Ok(HttpResponse::Ok().json(report(&state, &org, period).await?))
 }
 
+#[utoipa::path(
+    tag = "customer",
+    security(("org_token" = [])),
+    params(PeriodQuery),
+    responses(
+        (status = 200, description = "The organization's own usage report", body = Report),
+        (status = 400, description = "Unreadable query string", body = ErrorBody),
+        (status = 401, description = "No or wrong org API token", body = ErrorBody),
+        (status = 422, description = "Invalid period", body = ErrorBody),
+        (status = 429, description = "Over the tier's request rate; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[get("/v1/usage")]
 pub async fn customer_report(
     req: HttpRequest,
@@ -163,6 +233,17 @@ pub async fn customer_report(
     Ok(HttpResponse::Ok().json(report(&state, &org, period).await?))
 }
 
+#[utoipa::path(
+    tag = "usage",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    responses(
+        (status = 201, description = "The new token (any previous one is revoked)", body = IssuedToken),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/orgs/{id}/api-token")]
 pub async fn issue_token(
     _: AdminAuth,
@@ -179,11 +260,11 @@ pub async fn issue_token(
         .set_api_token_hash(&org, &api_token::hash(&token))
         .await?;
     tracing::info!(target: "audit", org = %org, "API token issued (any previous one revoked)");
-    Ok(HttpResponse::Created().json(json!({
-        "org": org,
-        "token": token,
-        "note": "shown once; issuing a new token revokes this one",
-    })))
+    Ok(HttpResponse::Created().json(IssuedToken {
+        org,
+        token,
+        note: "shown once; issuing a new token revokes this one",
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +332,21 @@ fn parse_adjustment(
     }
 }
 
+#[utoipa::path(
+    tag = "usage",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Organization id", example = "acme")),
+    request_body = crate::http::api_types::AdjustmentDoc,
+    responses(
+        (status = 201, description = "Recorded", body = UsageAdjustmentDoc),
+        (status = 200, description = "A retry of a recorded adjustment (same key)", body = AlreadyApplied),
+        (status = 400, description = "Body is not a JSON object of known fields", body = ErrorBody),
+        (status = 401, description = "No or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such organization", body = ErrorBody),
+        (status = 422, description = "Invalid fields", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
 #[post("/admin/orgs/{id}/usage/adjustments")]
 pub async fn adjust(
     _: AdminAuth,
@@ -283,10 +379,10 @@ pub async fn adjust(
             Ok(HttpResponse::Created().json(adjustment))
         }
         // A retried request with the same key.
-        Write::AlreadyApplied => Ok(HttpResponse::Ok().json(json!({
-            "key": adjustment.key,
-            "status": "already_applied",
-        }))),
+        Write::AlreadyApplied => Ok(HttpResponse::Ok().json(AlreadyApplied {
+            key: adjustment.key,
+            status: "already_applied",
+        })),
     }
 }
 

@@ -17,7 +17,7 @@ use dynabase_actors::{OrgId, Tier, UnixMillis};
 use serde::Serialize;
 
 /// Where a session is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {
     Authenticating,
@@ -94,14 +94,19 @@ impl SessionInfo {
 }
 
 /// What the admin API shows of a session.
-#[derive(Debug, Clone, Serialize)]
+/// One proxy session as the admin API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub id: u64,
+    #[schema(value_type = String)]
     pub org: OrgId,
+    #[schema(value_type = crate::http::api_types::TierDoc)]
     pub tier: Tier,
     pub client_addr: String,
     pub database: String,
     pub role: String,
+    /// Unix milliseconds.
+    #[schema(value_type = i64)]
     pub started_at: UnixMillis,
     pub query_cycles: u64,
     pub state: SessionState,
