@@ -15,7 +15,10 @@ use super::{
 
 /// What the client opened the connection for.
 pub enum Opening {
+    /// The client's connection is kept so that it is closed only once the
+    /// cancel has reached PostgreSQL (clients take our EOF as "delivered").
     Cancel {
+        stream: ClientStream,
         process_id: i32,
         secret_key: i32,
     },
@@ -64,6 +67,7 @@ pub async fn open(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Opening, 
                 secret_key,
             } => {
                 return Ok(Opening::Cancel {
+                    stream,
                     process_id,
                     secret_key,
                 })

@@ -156,10 +156,12 @@ pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
             refused("bad_handshake");
         }
         Ok(Ok(Opening::Cancel {
+            stream,
             process_id,
             secret_key,
         })) => {
             ctx.cancel_keys.cancel(process_id, secret_key).await;
+            drop(stream);
         }
         Ok(Ok(Opening::Session { stream, startup })) => {
             if let Err((stream, error)) = session(&ctx, stream, startup, peer, accepted).await {
