@@ -187,6 +187,43 @@ async fn actix_refusals_are_json_errors() {
         assert_eq!(status, 404, "{path}");
         assert_eq!(body["error"]["code"], "not_found", "{path}");
     }
+
+    // Bodies past the payload limits (64 KiB; 1 MiB on the webhook route),
+    // refused by actix-web before any handler: a JSON 413, and nothing stored.
+    let big = format!(
+        r#"{{"id":"big","name":"{}","tier":"free","upstream":"127.0.0.1:5432"}}"#,
+        "x".repeat(100_000)
+    );
+    let (status, body) = status_and_body(
+        http.post(server.url("/admin/orgs"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    let response = http
+        .get(server.url("/admin/orgs/big"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let (status, body) = status_and_body(
+        http.post(server.url("/webhooks/stripe"))
+            .header("stripe-signature", "t=1,v1=00")
+            .body(vec![b'a'; 2 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "payload_too_large");
 }
 
 /// Found by schemathesis: `{"amount":"25.00","action":{}}` set a cap with

@@ -36,6 +36,8 @@ pub enum ApiError {
     MalformedBody(String),
     #[error("query string is invalid: {0}")]
     MalformedQuery(String),
+    #[error("request body is larger than this route accepts")]
+    PayloadTooLarge,
     #[error("request body has invalid fields")]
     InvalidFields(Vec<FieldError>),
     #[error("{0} is unavailable; try again shortly")]
@@ -73,6 +75,7 @@ pub enum ErrorCode {
     Conflict,
     MalformedBody,
     MalformedQuery,
+    PayloadTooLarge,
     InvalidFields,
     Unavailable,
     RateLimited,
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::MalformedBody(_) => ErrorCode::MalformedBody,
             ApiError::MalformedQuery(_) => ErrorCode::MalformedQuery,
+            ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::InvalidFields(_) => ErrorCode::InvalidFields,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
@@ -100,6 +104,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MalformedBody(_) | ApiError::MalformedQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InvalidFields(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -160,6 +165,18 @@ pub fn json_error(
     _: &actix_web::HttpRequest,
 ) -> actix_web::Error {
     ApiError::MalformedBody(err.to_string()).into()
+}
+
+/// actix-web's payload limits (64 KiB, the webhook route's 1 MiB) answer
+/// 413 in plain text before any handler runs; rewritten here into the
+/// API's JSON error (used with `middleware::ErrorHandlers`).
+pub fn payload_too_large<B>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    let (req, _) = res.into_parts();
+    let res = actix_web::dev::ServiceResponse::new(req, ApiError::PayloadTooLarge.error_response())
+        .map_into_right_body();
+    Ok(actix_web::middleware::ErrorHandlerResponse::Response(res))
 }
 
 /// Routes that do not exist (or not with this method).

@@ -165,6 +165,10 @@ pub fn serve(
             .app_data(web::JsonConfig::default().error_handler(error::json_error))
             .configure(routes)
             .default_service(web::to(error::no_route))
+            .wrap(actix_web::middleware::ErrorHandlers::new().handler(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                error::payload_too_large,
+            ))
     })
     .workers(2)
     .disable_signals()
