@@ -18,6 +18,7 @@ use dynabase::adapters::store::{EmbeddedStore, MongoStore, MongoStoreError};
 use dynabase_actors::{
     domain::{
         billing::SubscriptionOrder,
+        compute::{ComputeSpec, Phase},
         jobs::{Job, JobKind, JobStatus},
         organization::LifecycleState,
         records::{
@@ -892,6 +893,53 @@ async fn case_orgs_with_lifecycle_due(store: &dyn Store) {
     );
 }
 
+async fn case_awake_suspendable_orgs(store: &dyn Store) {
+    let variant = |org_id: &str, spec: ComputeSpec, phase: Phase| {
+        let mut o = org(org_id);
+        o.compute.spec = spec;
+        o.compute.state.phase = phase;
+        o.compute.state.since = UnixMillis(1_800_000_000_000);
+        o
+    };
+    let local = || ComputeSpec::Local {
+        data_dir: "/var/lib/dynabase/s2z".to_owned(),
+        port: 55432,
+        pg_bin: None,
+    };
+    let command = || ComputeSpec::Command {
+        suspend: "true".to_owned(),
+        wake: "true".to_owned(),
+        status: None,
+        timeout_ms: 1_000,
+    };
+    for o in [
+        variant("s2z-always-on", ComputeSpec::AlwaysOn, Phase::Active),
+        variant("s2z-active", local(), Phase::Active),
+        variant("s2z-suspending", command(), Phase::Suspending),
+        variant("s2z-suspended", local(), Phase::Suspended),
+        variant("s2z-waking", local(), Phase::Waking),
+        variant("s2z-suspended-cmd", command(), Phase::Suspended),
+    ] {
+        store.create_org(&o).await.expect("create");
+    }
+    let found = store
+        .awake_suspendable_orgs()
+        .await
+        .expect("awake suspendable orgs");
+    // Other cases' organizations (always on) are in the same store.
+    let mine: Vec<&str> = found
+        .iter()
+        .map(|o| o.id.as_str())
+        .filter(|id| id.starts_with("s2z-"))
+        .collect();
+    assert_eq!(mine, ["s2z-active", "s2z-suspending", "s2z-waking"]);
+    assert!(found
+        .iter()
+        .all(|o| !o.id.as_str().starts_with("s2z-") || o.compute.spec.can_suspend()));
+    let waking = found.iter().find(|o| o.id.as_str() == "s2z-waking");
+    assert_eq!(waking, Some(&variant("s2z-waking", local(), Phase::Waking)));
+}
+
 async fn case_billable_vcpu_hours(store: &dyn Store) {
     let records = [
         usage("bill-1", "bill-a", "2026-07", 1_000, 1, "1.5"),
@@ -952,6 +1000,7 @@ where
     case_subscription_events_in_order(&*store).await;
     case_jobs_claimed_once_and_retried(&*store).await;
     case_orgs_with_lifecycle_due(&*store).await;
+    case_awake_suspendable_orgs(&*store).await;
     case_persist_write(&*store).await;
     drop(store);
 

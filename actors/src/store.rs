@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use crate::domain::{
     billing::SubscriptionOrder,
     billing_record::{BillingRecord, BillingState},
+    compute::Phase,
     jobs::{Job, JobKind},
     org_id::OrgId,
     organization::Organization,
@@ -73,6 +74,17 @@ pub trait Store: Send + Sync + 'static {
                     .past_due_since
                     .is_some_and(|since| since <= past_due_since_by)
         });
+        orgs.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(orgs)
+    }
+    /// The organizations scale-to-zero has to look at, by id: a driver that
+    /// can suspend (not `always_on`) and a phase other than `suspended`.
+    /// Suspended organizations cost the idle check nothing this way. This
+    /// default scans every organization; a store that can filter on its
+    /// side does.
+    async fn awake_suspendable_orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        let mut orgs = self.list_orgs().await?;
+        orgs.retain(|o| o.compute.spec.can_suspend() && o.compute.state.phase != Phase::Suspended);
         orgs.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         Ok(orgs)
     }

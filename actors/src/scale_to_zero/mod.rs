@@ -95,7 +95,8 @@ type WakeFuture = Shared<BoxFuture<'static, Result<Woken, WakeError>>>;
 /// What a tick did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TickReport {
-    /// Organizations whose driver can suspend and whose tier allows it.
+    /// Organizations not suspended whose driver can suspend and whose tier
+    /// allows it (suspended ones are not read).
     pub eligible: usize,
     pub suspended: Vec<OrgId>,
     pub failed: Vec<OrgId>,
@@ -373,7 +374,7 @@ impl ScaleToZero {
         }
         let idle_after = millis(self.inner.config.idle_after);
         let lease = millis(self.inner.config.step_lease);
-        for org in self.inner.store.list_orgs().await? {
+        for org in self.inner.store.awake_suspendable_orgs().await? {
             if !self.eligible(&org) {
                 continue;
             }

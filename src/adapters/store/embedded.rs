@@ -29,6 +29,7 @@
 
 mod billing;
 mod lifecycle;
+mod scale;
 
 pub(super) use billing::add_to_total;
 
@@ -408,6 +409,10 @@ impl Store for EmbeddedStore {
     async fn list_orgs(&self) -> Result<Vec<Organization>, StoreError> {
         // Keys are org ids, so key order is id order.
         self.run(|db| all_docs(db, ORGS)).await
+    }
+
+    async fn awake_suspendable_orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        self.run(scale::awake_suspendable_orgs).await
     }
 
     async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {

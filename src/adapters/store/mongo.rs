@@ -21,6 +21,7 @@ mod billing;
 mod lifecycle;
 mod org_doc;
 mod period_totals;
+mod scale;
 
 use std::time::Duration;
 
@@ -341,6 +342,10 @@ impl Store for MongoStore {
         past_due_since_by: UnixMillis,
     ) -> Result<Vec<Organization>, StoreError> {
         lifecycle::orgs_with_lifecycle_due(self, now, past_due_since_by).await
+    }
+
+    async fn awake_suspendable_orgs(&self) -> Result<Vec<Organization>, StoreError> {
+        scale::awake_suspendable_orgs(self).await
     }
 
     async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {
