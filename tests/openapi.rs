@@ -171,22 +171,34 @@ async fn actix_refusals_are_json_errors() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "malformed_query");
 
-    // No such route, or not with this method: a JSON 404.
-    for (method, path) in [
-        (reqwest::Method::GET, "/admin/nothing-here"),
-        (reqwest::Method::DELETE, "/admin/orgs"),
-    ] {
-        let (status, body) = status_and_body(
-            http.request(method, server.url(path))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, 404, "{path}");
-        assert_eq!(body["error"]["code"], "not_found", "{path}");
-    }
+    // No such route: a JSON 404.
+    let (status, body) = status_and_body(
+        http.get(server.url("/admin/nothing-here"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+
+    // A documented path with a method it does not serve: 405 and Allow.
+    let response = http
+        .delete(server.url("/admin/orgs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let allow = response
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (status, body) = status_and_body(response).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert_eq!(allow.as_deref(), Some("GET, POST"));
 
     // Bodies past the payload limits (64 KiB; 1 MiB on the webhook route),
     // refused by actix-web before any handler: a JSON 413, and nothing stored.

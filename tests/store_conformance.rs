@@ -899,6 +899,7 @@ async fn case_awake_suspendable_orgs(store: &dyn Store) {
         o.compute.spec = spec;
         o.compute.state.phase = phase;
         o.compute.state.since = UnixMillis(1_800_000_000_000);
+        o.created_at = UnixMillis(1_800_000_000_000);
         o
     };
     let local = || ComputeSpec::Local {
@@ -936,6 +937,16 @@ async fn case_awake_suspendable_orgs(store: &dyn Store) {
     assert!(found
         .iter()
         .all(|o| !o.id.as_str().starts_with("s2z-") || o.compute.spec.can_suspend()));
+    // Counting by creation time agrees with a listing, whatever else is stored.
+    let all = store.list_orgs().await.expect("list");
+    for at in [0, 1_700_000_000_001, 1_800_000_000_000, i64::MAX] {
+        let listed = all.iter().filter(|o| o.created_at < UnixMillis(at)).count();
+        let counted = store
+            .count_orgs_created_before(UnixMillis(at))
+            .await
+            .expect("count");
+        assert_eq!(counted, listed, "created before {at}");
+    }
     let waking = found.iter().find(|o| o.id.as_str() == "s2z-waking");
     assert_eq!(waking, Some(&variant("s2z-waking", local(), Phase::Waking)));
 }

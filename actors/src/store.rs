@@ -88,6 +88,16 @@ pub trait Store: Send + Sync + 'static {
         orgs.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         Ok(orgs)
     }
+    /// How many organizations were created before `at` (those a period
+    /// ending at `at` may bill). This default scans every organization.
+    async fn count_orgs_created_before(&self, at: UnixMillis) -> Result<usize, StoreError> {
+        Ok(self
+            .list_orgs()
+            .await?
+            .iter()
+            .filter(|o| o.created_at < at)
+            .count())
+    }
     /// Replaces an existing organization; `NotFound` if there is none.
     async fn update_org(&self, org: &Organization) -> Result<(), StoreError>;
 

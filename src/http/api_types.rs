@@ -375,6 +375,8 @@ pub struct SpendCapRequestDoc {
 /// `PUT /admin/modes`: either switch or both.
 #[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+// minProperties is set in `openapi::RequestMinimums`: utoipa-gen 5.5's
+// `min_properties` attribute writes `maxProperties`.
 #[schema(as = ModesRequest, example = json!({"billing": "shadow", "enforcement": "enforce"}))]
 pub struct ModesRequestDoc {
     #[schema(nullable = false)]

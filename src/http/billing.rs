@@ -65,6 +65,8 @@ pub struct RunQuery {
     period: Option<String>,
     /// Unix milliseconds to bill at; in the future only with
     /// `lifecycle.allow_clock_override`.
+    #[serde(default, deserialize_with = "super::millis::optional_millis_query")]
+    #[param(value_type = Option<i64>)]
     now: Option<i64>,
 }
 

@@ -38,6 +38,8 @@ pub enum ApiError {
     MalformedQuery(String),
     #[error("request body is larger than this route accepts")]
     PayloadTooLarge,
+    #[error("this path does not serve that method; it serves {allow}")]
+    MethodNotAllowed { allow: String },
     #[error("request body has invalid fields")]
     InvalidFields(Vec<FieldError>),
     #[error("{0} is unavailable; try again shortly")]
@@ -76,6 +78,7 @@ pub enum ErrorCode {
     MalformedBody,
     MalformedQuery,
     PayloadTooLarge,
+    MethodNotAllowed,
     InvalidFields,
     Unavailable,
     RateLimited,
@@ -90,6 +93,7 @@ impl ApiError {
             ApiError::MalformedBody(_) => ErrorCode::MalformedBody,
             ApiError::MalformedQuery(_) => ErrorCode::MalformedQuery,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             ApiError::InvalidFields(_) => ErrorCode::InvalidFields,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
@@ -105,6 +109,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MalformedBody(_) | ApiError::MalformedQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidFields(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -119,6 +124,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response.insert_header(("Allow", allow.as_str()));
         }
         if let ApiError::RateLimited { retry_after, .. } = self {
             response.insert_header((
@@ -179,9 +187,13 @@ pub fn payload_too_large<B>(
     Ok(actix_web::middleware::ErrorHandlerResponse::Response(res))
 }
 
-/// Routes that do not exist (or not with this method).
-pub async fn no_route() -> HttpResponse {
-    ApiError::NotFound("no such route".to_owned()).error_response()
+/// Routes that do not exist: 404, or 405 with `Allow` for a documented
+/// path asked with a method it does not serve.
+pub async fn no_route(req: actix_web::HttpRequest) -> HttpResponse {
+    match super::allowed_methods::allow_header(req.path(), req.method().as_str()) {
+        Some(allow) => ApiError::MethodNotAllowed { allow }.error_response(),
+        None => ApiError::NotFound("no such route".to_owned()).error_response(),
+    }
 }
 
 impl From<StoreError> for ApiError {

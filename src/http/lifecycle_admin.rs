@@ -318,7 +318,7 @@ pub async fn tick(
     let map = object(&body, &["now"])?;
     let requested = match map.get("now") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_i64() {
+        Some(v) => match super::millis::from_json(v) {
             Some(ms) => Some(UnixMillis(ms)),
             None => {
                 return Err(ApiError::InvalidFields(vec![FieldError::new(

@@ -4,6 +4,7 @@
 //! Handlers translate HTTP to store calls and actor messages; they hold no
 //! policy of their own.
 
+mod allowed_methods;
 mod api_token;
 pub(crate) mod api_types;
 mod auth;
@@ -15,6 +16,7 @@ mod dashboard;
 pub mod error;
 mod health;
 mod lifecycle_admin;
+mod millis;
 pub mod openapi;
 mod org_body;
 mod orgs;

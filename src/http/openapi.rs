@@ -63,7 +63,7 @@ use super::{billing, calibration, connections, health, lifecycle_admin, orgs, sc
         scale::customer_wake,
         scale::tick,
     ),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &RequestMinimums),
     tags(
         (name = "health", description = "Liveness and readiness, no authentication"),
         (name = "organizations", description = "Organizations"),
@@ -108,6 +108,23 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// Request bodies whose properties are each optional but not all at once.
+struct RequestMinimums;
+
+impl Modify for RequestMinimums {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        // `PUT /admin/modes`: billing, enforcement or both.
+        if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(modes))) =
+            components.schemas.get_mut("ModesRequest")
+        {
+            modes.min_properties = Some(1);
+        }
+    }
+}
+
 /// The document as JSON, built once.
 pub fn document_json() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
@@ -132,6 +149,17 @@ pub async fn document() -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_modes_request_needs_a_switch() {
+        let doc: serde_json::Value = serde_json::from_str(document_json()).unwrap();
+        let modes = &doc["components"]["schemas"]["ModesRequest"];
+        assert_eq!(modes["minProperties"], 1, "{modes}");
+        assert!(
+            modes.get("maxProperties").is_none(),
+            "both switches at once are fine"
+        );
+    }
 
     #[test]
     fn the_document_is_json_with_both_security_schemes() {

@@ -290,6 +290,7 @@ pub async fn customer_wake(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TickBody {
+    #[serde(default, deserialize_with = "super::millis::optional_millis")]
     now: Option<i64>,
 }
 

@@ -374,8 +374,7 @@ impl Handler<BillingTick> for BillingRunner {
             let period = deps.config.last_closed(msg.now);
             // Cheap when done: one read of the period's records.
             let recorded = deps.store.billing_records_for_period(&period).await?.len();
-            let orgs = deps.store.list_orgs().await?;
-            let billable = orgs.iter().filter(|o| o.created_at < period.end()).count();
+            let billable = deps.store.count_orgs_created_before(period.end()).await?;
             if recorded < billable {
                 return run_period(deps, period, msg.now).await;
             }

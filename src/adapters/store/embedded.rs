@@ -29,7 +29,7 @@
 
 mod billing;
 mod lifecycle;
-mod scale;
+mod org_scans;
 
 pub(super) use billing::add_to_total;
 
@@ -412,7 +412,21 @@ impl Store for EmbeddedStore {
     }
 
     async fn awake_suspendable_orgs(&self) -> Result<Vec<Organization>, StoreError> {
-        self.run(scale::awake_suspendable_orgs).await
+        self.run(org_scans::awake_suspendable_orgs).await
+    }
+
+    async fn count_orgs_created_before(&self, at: UnixMillis) -> Result<usize, StoreError> {
+        self.run(move |db| org_scans::count_orgs_created_before(db, at))
+            .await
+    }
+
+    async fn orgs_with_lifecycle_due(
+        &self,
+        now: UnixMillis,
+        past_due_since_by: UnixMillis,
+    ) -> Result<Vec<Organization>, StoreError> {
+        self.run(move |db| org_scans::orgs_with_lifecycle_due(db, now, past_due_since_by))
+            .await
     }
 
     async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {

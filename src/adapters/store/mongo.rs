@@ -20,8 +20,8 @@
 mod billing;
 mod lifecycle;
 mod org_doc;
+mod org_queries;
 mod period_totals;
-mod scale;
 
 use std::time::Duration;
 
@@ -345,7 +345,11 @@ impl Store for MongoStore {
     }
 
     async fn awake_suspendable_orgs(&self) -> Result<Vec<Organization>, StoreError> {
-        scale::awake_suspendable_orgs(self).await
+        org_queries::awake_suspendable_orgs(self).await
+    }
+
+    async fn count_orgs_created_before(&self, at: UnixMillis) -> Result<usize, StoreError> {
+        org_queries::count_orgs_created_before(self, at).await
     }
 
     async fn update_org(&self, org: &Organization) -> Result<(), StoreError> {
