@@ -13,7 +13,13 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 SERVICES_DIR="${DYNABASE_SERVICES_DIR:-$REPO_ROOT/.services}"
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+step() {
+    printf '\n==> %s (disk free: %s)\n' "$*" "$(df -h --output=avail "$REPO_ROOT" 2>/dev/null | tail -1 | tr -d ' ')" >&2
+}
+
+# A CI checkout is built once from empty: incremental caches would only take
+# disk (several GB across the workspace's test binaries).
+if [[ "${CI-}" == "true" ]]; then export CARGO_INCREMENTAL=0; fi
 
 step "starting services"
 scripts/services.sh start
