@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::json_object;
 use super::{
     api_token,
     api_types::{
@@ -270,16 +271,7 @@ pub async fn set_modes(
     state: web::Data<HttpState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
-    let Value::Object(map) = value else {
-        return Err(ApiError::MalformedBody("expected a JSON object".into()));
-    };
-    let mut errors: Vec<FieldError> = map
-        .keys()
-        .filter(|k| !["billing", "enforcement"].contains(&k.as_str()))
-        .map(|k| FieldError::new(k, "unknown field"))
-        .collect();
+    let (map, mut errors) = json_object::parse(&body, &["billing", "enforcement"])?;
     let billing = map
         .get("billing")
         .map(|v| v.as_str().and_then(BillingMode::parse));
@@ -402,16 +394,7 @@ pub(super) async fn billing_view(
 
 /// The body of a spend-cap request: `None` removes the cap.
 fn parse_cap(body: &[u8], set_by: &str) -> Result<Option<SpendCap>, ApiError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
-    let Value::Object(map) = value else {
-        return Err(ApiError::MalformedBody("expected a JSON object".into()));
-    };
-    let mut errors: Vec<FieldError> = map
-        .keys()
-        .filter(|k| !["amount", "action"].contains(&k.as_str()))
-        .map(|k| FieldError::new(k, "unknown field"))
-        .collect();
+    let (map, mut errors) = json_object::parse(body, &["amount", "action"])?;
     // `Some(None)`: remove the cap; checked with the other fields, so an
     // unknown field or a bad action is reported even then.
     let amount = match map.get("amount") {

@@ -17,6 +17,7 @@ use dynabase_actors::{
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+use super::json_object;
 use super::{
     api_types::{CalibrateDoc, CalibrationDoc, MarginReportDoc},
     auth::AdminAuth,
@@ -67,16 +68,7 @@ pub async fn calibrate(
     state: web::Data<HttpState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
-    let Value::Object(map) = value else {
-        return Err(ApiError::MalformedBody("expected a JSON object".into()));
-    };
-    let mut errors: Vec<FieldError> = map
-        .keys()
-        .filter(|k| !["period", "bill_usd", "vcpu_minutes"].contains(&k.as_str()))
-        .map(|k| FieldError::new(k, "unknown field"))
-        .collect();
+    let (map, mut errors) = json_object::parse(&body, &["period", "bill_usd", "vcpu_minutes"])?;
     let period = period_field(map.get("period").and_then(Value::as_str))
         .map_err(|e| errors.push(e))
         .ok();

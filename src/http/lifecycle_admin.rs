@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::json_object;
 use super::{
     api_types::{
         LifecycleTickDoc, NotificationDoc, NotificationUrlDoc, OrganizationDoc, SetTierDoc,
@@ -68,22 +69,18 @@ impl From<ChangeError> for ApiError {
 /// A JSON object body with only `allowed` keys.
 fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = if body.is_empty() {
-        Value::Object(Map::new())
+        Value::Null
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
     };
-    let map = match value {
-        Value::Object(map) => map,
-        // `null` is read as `{}`: a route's required fields are then
-        // reported as missing (optional bodies such as a tick's accept it).
-        Value::Null => Map::new(),
-        _ => return Err(ApiError::MalformedBody("expected a JSON object".into())),
+    // An empty body and `null` are read as `{}`: a route's required fields
+    // are then reported as missing (optional bodies such as a tick's accept it).
+    let value = if value.is_null() {
+        Value::Object(Map::new())
+    } else {
+        value
     };
-    let unknown: Vec<FieldError> = map
-        .keys()
-        .filter(|k| !allowed.contains(&k.as_str()))
-        .map(|k| FieldError::new(k.clone(), "unknown field"))
-        .collect();
+    let (map, unknown) = json_object::fields(value, allowed)?;
     if unknown.is_empty() {
         Ok(map)
     } else {

@@ -15,6 +15,7 @@ pub mod customer_limits;
 mod dashboard;
 pub mod error;
 mod health;
+mod json_object;
 mod lifecycle_admin;
 mod millis;
 pub mod openapi;

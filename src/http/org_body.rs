@@ -7,6 +7,7 @@ use crate::org_admin::{CreateOrg, UpdateOrg};
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, FieldError};
+use super::json_object;
 
 const CREATE_FIELDS: &[&str] = &[
     "id",
@@ -86,16 +87,7 @@ struct Fields {
 
 impl Fields {
     fn new(body: &[u8], allowed: &[&str]) -> Result<Self, ApiError> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?;
-        let Value::Object(object) = value else {
-            return Err(ApiError::MalformedBody("expected a JSON object".into()));
-        };
-        let errors = object
-            .keys()
-            .filter(|k| !allowed.contains(&k.as_str()))
-            .map(|k| FieldError::new(k.clone(), "unknown field"))
-            .collect();
+        let (object, errors) = json_object::parse(body, allowed)?;
         Ok(Self { object, errors })
     }
 
