@@ -1,15 +1,21 @@
-//! Every metric the code records is listed in `docs/observability.md`.
+//! Every metric the code records is listed in `docs/observability.md`, with
+//! each of its label keys in the row's labels column.
 //!
-//! The names are read from the sources: the first string literal of each
-//! `counter!`, `gauge!` and `histogram!` call, and the value of a `&str`
-//! constant such a call names. A metric added without a
-//! line in the table fails here, not in an operator's dashboard.
+//! The names and label keys are read from the sources: each `counter!`,
+//! `gauge!` and `histogram!` call whose first argument is a `"dynabase_…"`
+//! literal or a `&str` constant holding one, and the `"key" =>` pairs in
+//! its arguments. A metric or label added without its line in the table
+//! fails here, not in an operator's dashboard.
 
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fs,
+    path::{Path, PathBuf},
+};
 
 const MACROS: [&str; 3] = ["counter!(", "gauge!(", "histogram!("];
 
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).expect("source directory") {
         let path = entry.expect("directory entry").path();
         if path.is_dir() {
@@ -28,51 +34,115 @@ fn leading_name(rest: &str) -> Option<&str> {
     name.starts_with("dynabase_").then_some(name)
 }
 
-fn recorded_metrics() -> BTreeSet<String> {
+/// A macro call's arguments: `text` starts right after its `(`; string
+/// literals are skipped so a `)` inside one does not end the call.
+fn call_args(text: &str) -> &str {
+    let (mut depth, mut in_string, mut escaped) = (1usize, false, false);
+    for (i, c) in text.char_indices() {
+        match (in_string, c) {
+            (true, _) if escaped => escaped = false,
+            (true, '\\') => escaped = true,
+            (true, '"') | (false, '"') => in_string = !in_string,
+            (false, '(') => depth += 1,
+            (false, ')') => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[..i];
+                }
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+/// The label keys of `"key" => value` pairs.
+fn label_keys(args: &str) -> Vec<String> {
+    args.match_indices("=>")
+        .filter_map(|(at, _)| {
+            let before = args[..at].trim_end().strip_suffix('"')?;
+            let start = before.rfind('"')?;
+            Some(before[start + 1..].to_owned())
+        })
+        .collect()
+}
+
+/// `const LOOKUPS: &str = "dynabase_…";` → `LOOKUPS` → the name.
+fn name_constants(text: &str) -> HashMap<String, String> {
+    text.match_indices("const ")
+        .filter_map(|(at, _)| {
+            let (ident, rest) = text[at + "const ".len()..].split_once(": &str =")?;
+            Some((ident.trim().to_owned(), leading_name(rest)?.to_owned()))
+        })
+        .collect()
+}
+
+/// Metric name → the label keys it is recorded with anywhere.
+fn recorded_metrics() -> BTreeMap<String, BTreeSet<String>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
     rust_files(&root.join("actors/src"), &mut files);
-    let mut names = BTreeSet::new();
+    let mut metrics: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in files {
         let text = fs::read_to_string(&file).expect("source file");
+        let constants = name_constants(&text);
         for mac in MACROS {
             for (at, _) in text.match_indices(mac) {
-                if let Some(name) = leading_name(&text[at + mac.len()..]) {
-                    names.insert(name.to_owned());
+                let args = call_args(&text[at + mac.len()..]);
+                let first = args.split(',').next().unwrap_or("").trim();
+                let name = leading_name(first)
+                    .map(str::to_owned)
+                    .or_else(|| constants.get(first).cloned());
+                if let Some(name) = name {
+                    metrics.entry(name).or_default().extend(label_keys(args));
                 }
             }
         }
-        // `const LOOKUPS: &str = "dynabase_…";` then `counter!(LOOKUPS, …)`.
-        for (at, _) in text.match_indices("const ") {
-            let rest = &text[at + "const ".len()..];
-            let Some((ident, rest)) = rest.split_once(": &str =") else {
-                continue;
-            };
-            let used = MACROS
-                .iter()
-                .any(|mac| text.contains(&format!("{mac}{ident},")));
-            if let (Some(name), true) = (leading_name(rest), used) {
-                names.insert(name.to_owned());
-            }
-        }
     }
-    names
+    metrics
 }
 
 #[test]
-fn every_recorded_metric_is_in_the_observability_doc() {
-    let names = recorded_metrics();
-    assert!(names.len() > 50, "the scan found only {names:?}");
+fn the_source_scan_reads_names_and_labels() {
+    let args =
+        call_args(r#""dynabase_x_total", "tier" => t.as_str(), "why" => ")") .increment(1)"#);
+    assert_eq!(label_keys(args), ["tier", "why"]);
+    assert_eq!(leading_name(args), Some("dynabase_x_total"));
+}
+
+#[test]
+fn every_recorded_metric_is_in_the_observability_doc_with_its_labels() {
+    let metrics = recorded_metrics();
+    assert!(metrics.len() > 50, "the scan found only {metrics:?}");
     let doc =
         fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/observability.md"))
             .expect("docs/observability.md");
-    let missing: Vec<&String> = names
-        .iter()
-        .filter(|n| !doc.contains(&format!("`{n}`")))
-        .collect();
+    let mut problems = Vec::new();
+    for (name, labels) in &metrics {
+        let quoted = format!("`{name}`");
+        let Some(row) = doc
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(&quoted))
+        else {
+            problems.push(format!("{name}: not in the metrics table"));
+            continue;
+        };
+        let labels_cell = row.split('|').nth(2).unwrap_or("");
+        for label in labels {
+            let listed = labels_cell
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|word| word == label);
+            if !listed {
+                problems.push(format!(
+                    "{name}: label `{label}` not in its row's labels column"
+                ));
+            }
+        }
+    }
     assert!(
-        missing.is_empty(),
-        "metrics recorded but not listed in docs/observability.md: {missing:?}"
+        problems.is_empty(),
+        "docs/observability.md is missing:\n{}",
+        problems.join("\n")
     );
 }
