@@ -146,3 +146,49 @@ fn every_recorded_metric_is_in_the_observability_doc_with_its_labels() {
         problems.join("\n")
     );
 }
+
+/// The `dynabase_…` names a file mentions, histogram series reduced to
+/// their metric (`_bucket`, `_sum`, `_count`).
+fn names_in(text: &str) -> BTreeSet<String> {
+    text.match_indices("dynabase_")
+        .map(|(at, _)| {
+            let tail = &text[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn alerts_and_dashboards_name_only_metrics_the_code_records() {
+    let metrics = recorded_metrics();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("deploy/prometheus/alerts.yml")];
+    for entry in fs::read_dir(root.join("deploy/grafana/dashboards")).expect("dashboards") {
+        files.push(entry.expect("dashboard").path());
+    }
+    let mut unknown = Vec::new();
+    let mut checked = BTreeSet::new();
+    for file in &files {
+        let text = fs::read_to_string(file).expect("alerts or dashboard");
+        for name in names_in(&text) {
+            checked.insert(name.clone());
+            if !metrics.contains_key(&name) {
+                unknown.push(format!("{}: {name}", file.display()));
+            }
+        }
+    }
+    assert!(checked.len() > 20, "the scan found only {checked:?}");
+    assert!(
+        unknown.is_empty(),
+        "names no code records (an alert on them never fires):\n{}",
+        unknown.join("\n")
+    );
+}
