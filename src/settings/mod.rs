@@ -4,6 +4,7 @@
 //! the raw tree into [`Settings`] while collecting *every* problem, so that
 //! `dynabase configcheck` can list them all at once.
 
+mod checker;
 mod load;
 mod raw;
 mod secret;
