@@ -34,7 +34,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::json_object;
 use super::{
     api_token,
     api_types::{
@@ -43,6 +42,7 @@ use super::{
     },
     auth::AdminAuth,
     error::{ApiError, ErrorBody, FieldError},
+    json_object,
     orgs::{existing_org, org_id},
     HttpState,
 };

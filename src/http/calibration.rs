@@ -17,12 +17,11 @@ use dynabase_actors::{
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use super::json_object;
 use super::{
     api_types::{CalibrateDoc, CalibrationDoc, MarginReportDoc},
     auth::AdminAuth,
     error::{ApiError, ErrorBody, FieldError},
-    HttpState,
+    json_object, HttpState,
 };
 
 fn period_field(raw: Option<&str>) -> Result<Period, FieldError> {

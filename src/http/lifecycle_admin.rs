@@ -20,7 +20,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::json_object;
 use super::{
     api_types::{
         LifecycleTickDoc, NotificationDoc, NotificationUrlDoc, OrganizationDoc, SetTierDoc,
@@ -28,6 +27,7 @@ use super::{
     },
     auth::AdminAuth,
     error::{ApiError, ErrorBody, FieldError},
+    json_object,
     orgs::{existing_org, org_id},
     HttpState,
 };
@@ -66,21 +66,10 @@ impl From<ChangeError> for ApiError {
     }
 }
 
-/// A JSON object body with only `allowed` keys.
+/// A JSON object body with only `allowed` keys; an empty body or `null` is
+/// `{}` (optional bodies such as a tick's accept it).
 fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
-    };
-    // An empty body and `null` are read as `{}`: a route's required fields
-    // are then reported as missing (optional bodies such as a tick's accept it).
-    let value = if value.is_null() {
-        Value::Object(Map::new())
-    } else {
-        value
-    };
-    let (map, unknown) = json_object::fields(value, allowed)?;
+    let (map, unknown) = json_object::parse_optional(body, allowed)?;
     if unknown.is_empty() {
         Ok(map)
     } else {

@@ -6,8 +6,10 @@ use dynabase_actors::{OrgId, Tier, Upstream};
 use crate::org_admin::{CreateOrg, UpdateOrg};
 use serde_json::{Map, Value};
 
-use super::error::{ApiError, FieldError};
-use super::json_object;
+use super::{
+    error::{ApiError, FieldError},
+    json_object,
+};
 
 const CREATE_FIELDS: &[&str] = &[
     "id",
