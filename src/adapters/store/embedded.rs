@@ -59,7 +59,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::embedded_usage as usage;
 use docs::{
-    all_docs, decode, docs_by_index, docs_with_prefix, get_doc, insert_if_absent, next_seq,
+    all_docs, decode, docs_by_index, docs_in_index_range, docs_with_prefix, get_doc,
+    insert_if_absent, next_seq,
 };
 pub(super) use docs::{encode, insert_in, sortable_millis, unavailable, IndexKey};
 

@@ -157,11 +157,21 @@ pub(in crate::adapters::store) fn docs_by_index<T: DeserializeOwned>(
     let idx = txn.open_table(index).map_err(unavailable)?;
     let docs = txn.open_table(table).map_err(unavailable)?;
     let (start, end) = prefix_range(prefix);
+    docs_in_index_range(&idx, &docs, (index, table), &start, &end)
+}
+
+/// The documents the index entries with keys in `start..end` point at, in
+/// index order, from tables opened in any transaction (`names` are the
+/// index's and the table's definitions, for decoding and error messages).
+pub(in crate::adapters::store) fn docs_in_index_range<T: DeserializeOwned>(
+    idx: &impl ReadableTable<&'static str, &'static str>,
+    docs: &impl ReadableTable<&'static str, &'static [u8]>,
+    (index, table): (IndexTable, DocTable),
+    start: &str,
+    end: &str,
+) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
-    for entry in idx
-        .range::<&str>(start.as_str()..end.as_str())
-        .map_err(unavailable)?
-    {
+    for entry in idx.range::<&str>(start..end).map_err(unavailable)? {
         let (_, primary) = entry.map_err(unavailable)?;
         let primary = primary.value();
         let doc = docs.get(primary).map_err(unavailable)?.ok_or_else(|| {

@@ -23,7 +23,8 @@ use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    all_docs, decode, encode, get_doc, sortable_millis, unavailable, DocTable, IndexTable, ORGS,
+    all_docs, decode, docs_in_index_range, encode, get_doc, sortable_millis, unavailable, DocTable,
+    IndexTable, ORGS,
 };
 
 pub(super) const JOBS: DocTable = TableDefinition::new("jobs");
@@ -168,19 +169,7 @@ pub(super) fn claim_due_jobs(
         // `/` sorts before `0`, so this bound admits every key at `now`.
         let start = format!("{}/", kind.as_str());
         let end = format!("{}/{}0", kind.as_str(), sortable_millis(now.0));
-        let mut due = Vec::new();
-        for entry in index
-            .range::<&str>(start.as_str()..end.as_str())
-            .map_err(unavailable)?
-        {
-            let (_, id) = entry.map_err(unavailable)?;
-            let id = id.value();
-            let doc = jobs.get(id).map_err(unavailable)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("jobs_due points at missing jobs[{id}]"))
-            })?;
-            due.push(decode::<Job>(&JOBS, id, doc.value())?);
-        }
-        due
+        docs_in_index_range(&index, &jobs, (JOBS_DUE, JOBS), &start, &end)?
     };
     due.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     due.truncate(limit);
